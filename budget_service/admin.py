@@ -1,0 +1,144 @@
+"""BudgetAdminService: budget configuration (PostgreSQL first, then Redis) and status."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+import grpc
+import redis.asyncio as aioredis
+
+from budget_service import keys
+from budget_service import validation as v
+from budget_service.budget_repo import BudgetRepository
+from budget_service.budgets import validate_budget
+from budget_service.clock import Clock
+from budget_service.config_sync import ConfigSync
+from budget_service.errors import InvalidArgument, Unavailable, Unimplemented
+from budget_service.periods import bounds_ms
+from budget_service.rpc import rpc
+from budget_service.store import redis_call
+from genproto.budget.v1 import budget_pb2 as pb
+from genproto.budget.v1 import budget_pb2_grpc
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+
+def _actor(context: grpc.aio.ServicerContext) -> str:
+    """Who made a change: the `x-actor` metadata a tool sends, else the peer address."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-actor" and isinstance(value, str) and value:
+            return v.check_value("x-actor", value)
+    return f"peer:{context.peer()}"
+
+
+def _page_token(after_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": after_id}).encode()).decode()
+
+
+def _after_id(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        after = json.loads(base64.urlsafe_b64decode(token.encode()))["after"]
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument(
+            "page_token", "is not a token this service issued; pass next_page_token as is"
+        ) from exc
+    if not isinstance(after, str):
+        raise InvalidArgument("page_token", "is not a token this service issued")
+    return after
+
+
+class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
+    """Upsert / Get / List / Delete budgets, and the status of a budget's current period."""
+
+    def __init__(self, repo: BudgetRepository, sync: ConfigSync, client: aioredis.Redis,
+                 clock: Clock) -> None:
+        self.repo = repo
+        self.sync = sync
+        self.client = client
+        self.clock = clock
+
+    @rpc("UpsertBudget")
+    async def UpsertBudget(self, request: pb.UpsertBudgetRequest,
+                           context: grpc.aio.ServicerContext) -> pb.Budget:
+        budget = validate_budget(request.budget)
+        config = await self.repo.upsert(budget, _actor(context))
+        try:
+            await self.sync.push(config)
+        except Unavailable as exc:
+            raise Unavailable(
+                f"budget {config.id!r} version {config.version} is saved in PostgreSQL but Redis"
+                " is unreachable; it is applied when Redis returns (or retry this call)"
+            ) from exc
+        return config.to_proto()
+
+    @rpc("GetBudget")
+    async def GetBudget(self, request: pb.GetBudgetRequest,
+                        context: grpc.aio.ServicerContext) -> pb.Budget:
+        org = v.require_id("org", request.org)
+        budget_id = v.require_id("budget_id", request.budget_id)
+        return (await self.repo.get(org, budget_id)).to_proto()
+
+    @rpc("ListBudgets")
+    async def ListBudgets(self, request: pb.ListBudgetsRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ListBudgetsResponse:
+        org = v.require_id("org", request.org)
+        if request.page_size < 0 or request.page_size > MAX_PAGE:
+            raise InvalidArgument("page_size", f"is {request.page_size}; use 1 to {MAX_PAGE}"
+                                  f" (0 means {DEFAULT_PAGE})")
+        size = request.page_size or DEFAULT_PAGE
+        rows = await self.repo.list(org, after_id=_after_id(request.page_token), limit=size + 1)
+        page = rows[:size]
+        token = _page_token(page[-1].id) if len(rows) > size else ""
+        return pb.ListBudgetsResponse(budgets=[b.to_proto() for b in page], next_page_token=token)
+
+    @rpc("DeleteBudget")
+    async def DeleteBudget(self, request: pb.DeleteBudgetRequest,
+                           context: grpc.aio.ServicerContext) -> pb.DeleteBudgetResponse:
+        org = v.require_id("org", request.org)
+        budget_id = v.require_id("budget_id", request.budget_id)
+        config = await self.repo.delete(org, budget_id, _actor(context))
+        await self.sync.remove(config)
+        return pb.DeleteBudgetResponse()
+
+    @rpc("GetBudgetStatus")
+    async def GetBudgetStatus(self, request: pb.GetBudgetStatusRequest,
+                              context: grpc.aio.ServicerContext) -> pb.BudgetStatus:
+        org = v.require_id("org", request.org)
+        budget_id = v.require_id("budget_id", request.budget_id)
+        config = await self.repo.get(org, budget_id)
+        spent_s, reserved_s, pstart_s = await redis_call(
+            self.client.hmget(keys.budget(org, config.uid), "spent", "reserved", "pstart")
+        )
+        start, end = bounds_ms(config.period, config.timezone, self.clock.now_ms())
+        # A period that has started since the last call has not been reset yet: it is at zero.
+        spent = int(spent_s or 0) if int(pstart_s or 0) >= start else 0
+        reserved = int(reserved_s or 0)
+        status = pb.BudgetStatus(
+            budget=config.to_proto(),
+            spent_nanos=spent,
+            reserved_nanos=reserved,
+            remaining_nanos=config.limit_nanos - spent - reserved,
+        )
+        status.period_start.FromMilliseconds(start if end is not None else config.created_at_ms)
+        if end is not None:
+            status.period_end.FromMilliseconds(end)
+        if config.limit_nanos > 0:
+            percent = spent * 100 // config.limit_nanos
+            status.utilization_percent = min(percent, 2**31 - 1)
+            reached = [t for t in config.alert_thresholds_percent if percent >= t]
+            status.alert_threshold_reached_percent = max(reached, default=0)
+        return status
+
+    @rpc("GetSpendReport")
+    async def GetSpendReport(self, request: pb.GetSpendReportRequest,
+                             context: grpc.aio.ServicerContext) -> pb.SpendReport:
+        v.require_id("org", request.org)
+        raise Unimplemented(
+            "spend reports are computed from the PostgreSQL ledger, which this release does not"
+            " write yet"
+        )

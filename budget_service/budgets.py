@@ -1,0 +1,165 @@
+"""Budgets: configuration, validation, and which budgets cover a request's subject."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfoNotFoundError
+
+from budget_service import validation as v
+from budget_service.errors import InvalidArgument
+from budget_service.periods import zone
+from genproto.budget.v1 import budget_pb2 as pb
+
+MAX_LIMIT_NANOS = 2**62  # int64 counters then have room for holds and overage on top
+DEFAULT_THRESHOLDS = (50, 75, 90, 100)
+MODE_NAMES = {pb.MODE_HARD: "hard", pb.MODE_SOFT: "soft", pb.MODE_SHADOW: "shadow"}
+MODES_BY_NAME = {name: mode for mode, name in MODE_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """One budget as PostgreSQL stores it and Redis mirrors it."""
+
+    uid: int
+    id: str
+    org: str
+    selector: dict[str, str]
+    limit_nanos: int
+    period: int
+    timezone: str
+    mode: int
+    alert_thresholds_percent: tuple[int, ...]
+    overdraft_nanos: int
+    version: int
+    created_at_ms: int = 0
+    updated_at_ms: int = 0
+    pairs: frozenset[tuple[str, str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pairs", frozenset(self.selector.items()))
+
+    def applies_to(self, subject_pairs: frozenset[tuple[str, str]]) -> bool:
+        """True when every selector pair is in the subject."""
+        return self.pairs <= subject_pairs
+
+    @property
+    def mode_name(self) -> str:
+        return MODE_NAMES[self.mode]
+
+    def to_json(self) -> str:
+        """The form kept in Redis (`ba:{org}:cfg`) for other replicas' caches."""
+        return json.dumps(
+            {
+                "uid": self.uid,
+                "id": self.id,
+                "org": self.org,
+                "selector": self.selector,
+                "limit": str(self.limit_nanos),
+                "period": self.period,
+                "tz": self.timezone,
+                "mode": self.mode,
+                "thresholds": list(self.alert_thresholds_percent),
+                "od": str(self.overdraft_nanos),
+                "version": self.version,
+                "created": self.created_at_ms,
+                "updated": self.updated_at_ms,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, raw: str) -> BudgetConfig:
+        d = json.loads(raw)
+        return cls(
+            uid=d["uid"],
+            id=d["id"],
+            org=d["org"],
+            selector=d["selector"],
+            limit_nanos=int(d["limit"]),
+            period=d["period"],
+            timezone=d["tz"],
+            mode=d["mode"],
+            alert_thresholds_percent=tuple(d["thresholds"]),
+            overdraft_nanos=int(d["od"]),
+            version=d["version"],
+            created_at_ms=d["created"],
+            updated_at_ms=d["updated"],
+        )
+
+    def to_proto(self) -> pb.Budget:
+        budget = pb.Budget(
+            id=self.id,
+            org=self.org,
+            selector=self.selector,
+            limit_nanos=self.limit_nanos,
+            period=self.period,
+            timezone=self.timezone,
+            mode=self.mode,
+            alert_thresholds_percent=self.alert_thresholds_percent,
+            overdraft_nanos=self.overdraft_nanos,
+            version=self.version,
+        )
+        budget.created_at.FromMilliseconds(self.created_at_ms)
+        budget.updated_at.FromMilliseconds(self.updated_at_ms)
+        return budget
+
+
+def subject_pairs(subject: pb.Subject) -> frozenset[tuple[str, str]]:
+    """The subject as selector pairs; validates every value on the way."""
+    pairs = []
+    for name in v.SELECTOR_KEYS:
+        value = getattr(subject, name)
+        if value:
+            pairs.append((name, v.check_value(f"subject.{name}", value)))
+    for key, value in subject.tags.items():
+        if not key:
+            raise InvalidArgument("subject.tags", "has an empty tag name")
+        v.check_value(f"subject.tags[{key[:40]!r}]", key)
+        pairs.append((f"tag:{key}", v.check_value(f"subject.tags[{key!r}]", value)))
+    return frozenset(pairs)
+
+
+def validate_budget(budget: pb.Budget) -> pb.Budget:
+    """A copy of `budget` with defaults filled in, or InvalidArgument naming the field."""
+    v.require_id("budget.org", budget.org)
+    v.require_id("budget.id", budget.id)
+    for key, value in budget.selector.items():
+        name = key[4:] if key.startswith("tag:") else None
+        if key not in v.SELECTOR_KEYS and not name:
+            raise InvalidArgument(
+                f"budget.selector[{key[:40]!r}]",
+                "unknown key; use team, project, user, provider, model or tag:<name>",
+            )
+        if not value:
+            raise InvalidArgument(f"budget.selector[{key!r}]", "needs a value")
+        v.check_value(f"budget.selector[{key!r}]", value)
+    if budget.limit_nanos < 0 or budget.limit_nanos > MAX_LIMIT_NANOS:
+        raise InvalidArgument(
+            "budget.limit_nanos", f"is {budget.limit_nanos}; use 0 to {MAX_LIMIT_NANOS} nano-USD"
+        )
+    if budget.overdraft_nanos < 0 or budget.overdraft_nanos > MAX_LIMIT_NANOS:
+        raise InvalidArgument(
+            "budget.overdraft_nanos",
+            f"is {budget.overdraft_nanos}; use 0 to {MAX_LIMIT_NANOS} nano-USD",
+        )
+    v.check_enum("budget.period", budget.period, dict(pb.Period.items()))
+    v.check_enum("budget.mode", budget.mode, dict(pb.Mode.items()))
+    out = pb.Budget()
+    out.CopyFrom(budget)
+    out.period = budget.period or pb.PERIOD_MONTH
+    out.mode = budget.mode or pb.MODE_HARD
+    out.timezone = budget.timezone or "UTC"
+    try:
+        zone(out.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidArgument(
+            "budget.timezone", f"{out.timezone!r} is not an IANA time zone (e.g. Europe/Paris)"
+        ) from exc
+    thresholds = list(budget.alert_thresholds_percent) or list(DEFAULT_THRESHOLDS)
+    for t in thresholds:
+        if not 1 <= t <= 1000:
+            raise InvalidArgument("budget.alert_thresholds_percent", f"{t} is outside 1-1000")
+    del out.alert_thresholds_percent[:]
+    out.alert_thresholds_percent.extend(sorted(set(thresholds)))
+    return out

@@ -1,0 +1,292 @@
+"""The budget decisions: each operation resolves its budgets and makes one script call.
+
+Python only prepares arguments (which budgets, which period, what time it is) and reads the
+answer; every check and every change happens inside one atomic Lua script (scripts/*.lua).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from budget_service import keys
+from budget_service.budgets import MODES_BY_NAME, BudgetConfig
+from budget_service.clock import Clock
+from budget_service.config_cache import ConfigCache, OrgBudgets
+from budget_service.errors import (
+    BudgetExceeded,
+    FailedPrecondition,
+    IdempotencyConflict,
+    NotFound,
+    Refusal,
+    Unavailable,
+)
+from budget_service.periods import bounds_ms
+from budget_service.store import Scripts, redis_call
+
+Nanos = int
+ATTEMPTS = 3  # a stale config or an unknown key list costs one more try; three is plenty
+
+
+@dataclass(frozen=True)
+class Balance:
+    """A budget's counters as one script call left them."""
+
+    budget_id: str
+    limit_nanos: Nanos
+    overdraft_nanos: Nanos
+    mode: int
+    spent_nanos: Nanos
+    reserved_nanos: Nanos
+    exceeded: bool
+
+    @property
+    def remaining_nanos(self) -> Nanos:
+        return self.limit_nanos - self.spent_nanos - self.reserved_nanos
+
+    @property
+    def overdraft_remaining_nanos(self) -> Nanos:
+        room = self.limit_nanos + self.overdraft_nanos - self.spent_nanos - self.reserved_nanos
+        return max(0, min(self.overdraft_nanos, room))
+
+    @classmethod
+    def from_script(cls, row: list[Any]) -> Balance:
+        budget_id, limit, od, mode, spent, reserved, exceeded = row
+        return cls(budget_id, int(limit), int(od), MODES_BY_NAME[mode], int(spent), int(reserved),
+                   bool(exceeded))
+
+
+@dataclass(frozen=True)
+class Reserved:
+    amount_nanos: Nanos
+    expires_at_ms: int
+    budgets: list[Balance]
+
+
+@dataclass(frozen=True)
+class Committed:
+    charged_nanos: Nanos
+    released_nanos: Nanos
+    overage_nanos: Nanos
+    late: bool
+    budgets: list[Balance]
+
+
+def _balances(rows: Any) -> list[Balance]:
+    # cjson encodes an empty Lua table as {}, not []
+    return [Balance.from_script(r) for r in rows] if rows else []
+
+
+class Engine:
+    """Reserve, commit, release, refund, extend and expire against Redis."""
+
+    def __init__(self, scripts: Scripts, cache: ConfigCache, clock: Clock, *,
+                 retention_ms: int) -> None:
+        self.scripts = scripts
+        self.cache = cache
+        self.clock = clock
+        self.retention_ms = retention_ms
+        # reservation -> its budgets' uids, so a commit on this replica needs no extra round trip
+        self._uids: dict[tuple[str, str], str] = {}
+        # orgs this process has put in the sweeper's list (ba:orgs) already
+        self._listed_orgs: set[str] = set()
+
+    def _remember(self, org: str, reservation_id: str, uids: str) -> None:
+        if len(self._uids) > 200_000:
+            self._uids.clear()
+        self._uids[(org, reservation_id)] = uids
+
+    async def reserve(self, org: str, reservation_id: str, fingerprint: str,
+                      pairs: frozenset[tuple[str, str]], amount: Nanos, *, critical: bool,
+                      ttl_ms: int) -> Reserved:
+        """Hold `amount` on every budget covering the subject, or raise BudgetExceeded."""
+        if org not in self._listed_orgs:
+            await redis_call(self.scripts.client.sadd(keys.ORGS, org))
+            self._listed_orgs.add(org)
+        config = await self.cache.get(org)
+        for _ in range(ATTEMPTS):
+            now = self.clock.now_ms()
+            expires = now + ttl_ms
+            covering = config.covering(pairs)
+            args: list[str | int] = [config.version, reservation_id, fingerprint, amount,
+                                     "1" if critical else "0", now, expires, self.retention_ms,
+                                     len(covering)]
+            for b in covering:
+                args += [b.uid, bounds_ms(b.period, b.timezone, now)[0]]
+            reply = await self.scripts.run(
+                "reserve",
+                [keys.config(org), keys.reservation(org, reservation_id), keys.expiries(org),
+                 *(keys.budget(org, b.uid) for b in covering)],
+                args,
+            )
+            status = reply[0]
+            if status == "STALE":
+                config = await self.cache.reload(org)
+                continue
+            if status == "MISMATCH":
+                raise IdempotencyConflict(
+                    f"reservation_id {reservation_id!r} was already used for a different request;"
+                    " use a new reservation_id for a new request"
+                )
+            if status == "REFUSED":
+                refusals = [
+                    Refusal(b.budget_id, b.limit_nanos,
+                            b.remaining_nanos + (b.overdraft_nanos if critical else 0))
+                    for b in _balances(reply[1])
+                ]
+                raise BudgetExceeded(refusals, amount)
+            held, expires_ms, rows = reply[1]
+            self._remember(org, reservation_id, ",".join(str(b.uid) for b in covering))
+            return Reserved(int(held), int(expires_ms), _balances(rows))
+        raise Unavailable("budget configuration kept changing during the call; retry it")
+
+    def _periods(self, config: OrgBudgets, uids: str, now: int) -> list[str | int]:
+        starts: list[str | int] = []
+        for uid in uids.split(",") if uids else []:
+            b: BudgetConfig | None = config.by_uid.get(int(uid))
+            starts.append(bounds_ms(b.period, b.timezone, now)[0] if b else 0)
+        return starts
+
+    async def commit(self, org: str, reservation_id: str, fingerprint: str,
+                     actual: Nanos) -> Committed:
+        """Charge `actual`, give back the hold; a retry answers the first commit's result."""
+        uids = self._uids.get((org, reservation_id), "")
+        config = await self.cache.get(org)
+        for _ in range(ATTEMPTS):
+            now = self.clock.now_ms()
+            periods = self._periods(config, uids, now)
+            reply = await self.scripts.run(
+                "commit",
+                [keys.config(org), keys.reservation(org, reservation_id), keys.expiries(org),
+                 *(keys.budget(org, u) for u in _split(uids))],
+                [config.version, reservation_id, fingerprint, actual, now, self.retention_ms,
+                 uids, len(periods), *periods],
+            )
+            status = reply[0]
+            if status == "KEYS":
+                uids = reply[1]
+                continue
+            if status == "STALE":
+                config = await self.cache.reload(org)
+                continue
+            if status == "NOTFOUND":
+                raise _not_found(reservation_id)
+            if status == "MISMATCH":
+                raise IdempotencyConflict(
+                    f"reservation {reservation_id!r} was already committed with a different"
+                    " actual cost; a reservation is charged once"
+                )
+            if status == "RELEASED":
+                raise FailedPrecondition(
+                    f"reservation {reservation_id!r} was released; it cannot be committed"
+                    " (reserve again for a new call)"
+                )
+            self._uids.pop((org, reservation_id), None)
+            charged, hold, released, late, rows = reply[1]
+            charged_n, hold_n = int(charged), int(hold)
+            overage = max(0, charged_n - hold_n)
+            return Committed(charged_n, int(released) - min(int(released), charged_n),
+                             overage, bool(late), _balances(rows))
+        raise Unavailable("reservation changed during the call; retry it")
+
+    async def release(self, org: str, reservation_id: str) -> Nanos:
+        """Void a hold; answers what was given back."""
+        reply = await self._hold_script("release", org, reservation_id)
+        status = reply[0]
+        if status == "NOTFOUND":
+            raise _not_found(reservation_id)
+        if status == "COMMITTED":
+            raise FailedPrecondition(
+                f"reservation {reservation_id!r} was committed; use Refund to credit spend back"
+            )
+        return int(reply[1])
+
+    async def expire(self, org: str, reservation_id: str) -> bool:
+        """Release a hold past its expiry; True when this call released it."""
+        reply = await self._hold_script("expire", org, reservation_id)
+        return bool(reply[0] == "OK")
+
+    async def _hold_script(self, name: str, org: str, reservation_id: str) -> Any:
+        uids = self._uids.get((org, reservation_id), "")
+        for _ in range(ATTEMPTS):
+            now = self.clock.now_ms()
+            head: list[str | int] = [reservation_id]
+            if name == "expire":
+                head.append(now)
+            reply = await self.scripts.run(
+                name,
+                [keys.reservation(org, reservation_id), keys.expiries(org),
+                 *(keys.budget(org, u) for u in _split(uids))],
+                [*head, self.retention_ms, uids, len(_split(uids))],
+            )
+            if reply[0] == "KEYS":
+                uids = reply[1]
+                continue
+            if reply[0] != "NOTDUE":
+                self._uids.pop((org, reservation_id), None)
+            return reply
+        raise Unavailable("reservation changed during the call; retry it")
+
+    async def refund(self, org: str, reservation_id: str, refund_id: str,
+                     amount: Nanos) -> Nanos:
+        """Credit back up to `amount` of a committed charge; idempotent by refund_id."""
+        uids = ""
+        config = await self.cache.get(org)
+        for _ in range(ATTEMPTS):
+            now = self.clock.now_ms()
+            periods = self._periods(config, uids, now)
+            reply = await self.scripts.run(
+                "refund",
+                [keys.config(org), keys.reservation(org, reservation_id),
+                 *(keys.budget(org, u) for u in _split(uids))],
+                [config.version, refund_id, amount, self.retention_ms, uids, len(periods),
+                 *periods],
+            )
+            status = reply[0]
+            if status == "KEYS":
+                uids = reply[1]
+                continue
+            if status == "STALE":
+                config = await self.cache.reload(org)
+                continue
+            if status == "NOTFOUND":
+                raise _not_found(reservation_id)
+            if status == "MISMATCH":
+                raise IdempotencyConflict(
+                    f"refund_id {refund_id!r} was already used with a different amount;"
+                    " use a new refund_id for a new refund"
+                )
+            if status == "NOTCOMMITTED":
+                raise FailedPrecondition(
+                    f"reservation {reservation_id!r} is {reply[1]}, not committed; only"
+                    " committed spend can be refunded"
+                )
+            return int(reply[1])
+        raise Unavailable("reservation changed during the call; retry it")
+
+    async def extend(self, org: str, reservation_id: str, ttl_ms: int) -> int:
+        """Move a live hold's expiry to now + ttl; answers the new expiry (ms)."""
+        now = self.clock.now_ms()
+        reply = await self.scripts.run(
+            "extend",
+            [keys.reservation(org, reservation_id), keys.expiries(org)],
+            [reservation_id, now, now + ttl_ms, self.retention_ms],
+        )
+        if reply[0] == "NOTFOUND":
+            raise _not_found(reservation_id)
+        if reply[0] == "NOTHELD":
+            raise FailedPrecondition(
+                f"reservation {reservation_id!r} is {reply[1]}; only a live hold can be extended"
+            )
+        return int(reply[1])
+
+
+def _split(uids: str) -> list[str]:
+    return uids.split(",") if uids else []
+
+
+def _not_found(reservation_id: str) -> NotFound:
+    return NotFound(
+        f"reservation {reservation_id!r} not found (never reserved in this org, or ended more"
+        " than the retention period ago)"
+    )

@@ -1,0 +1,57 @@
+"""The wrapper every RPC method goes through: error mapping and the one log line per call."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from budget_service.errors import BudgetServiceError, to_grpc_status
+
+log = structlog.get_logger("budget_service.rpc")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def _org(request: Any) -> str:
+    for path in ("org", "subject", "budget"):
+        value = getattr(request, path, None)
+        if isinstance(value, str):
+            return value
+        if value is not None and hasattr(value, "org"):
+            return str(value.org)
+    return ""
+
+
+def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
+    """Log one line per call (method, org, outcome, latency) and map errors to gRPC status."""
+
+    def decorate(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+        @functools.wraps(handler)
+        async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+            start = time.perf_counter()
+            outcome = "OK"
+            try:
+                return await handler(self, request, context)
+            except BudgetServiceError as err:
+                outcome = err.code.name
+                await context.abort_with_status(to_grpc_status(err))
+                raise  # unreachable: abort_with_status raises
+            except Exception:
+                outcome = "INTERNAL"
+                log.exception("rpc.failed", method=method, org=_org(request))
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the log")
+                raise
+            finally:
+                log.info("rpc", method=method, org=_org(request), outcome=outcome,
+                         latency_ms=round((time.perf_counter() - start) * 1000, 3))
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,54 @@
+-- Charge the actual cost of a reservation and give back its hold. A commit after the hold
+-- expired is still charged (the call happened) and marked late.
+local cfg_key = KEYS[1]
+local res_key = KEYS[2]
+local exp_key = KEYS[3]
+-- KEYS[4..] budget state hashes of the reservation, in the order of its uids
+
+local cfg_version = ARGV[1]
+local reservation_id = ARGV[2]
+local fingerprint = ARGV[3]
+local actual = ARGV[4]
+local now_ms = tonumber(ARGV[5])
+local retention_ms = ARGV[6]
+local uids = ARGV[7]
+local n = tonumber(ARGV[8])
+-- ARGV[8 + i]: current period start of budget i
+
+local r = redis.call('HMGET', res_key, 'state', 'amount', 'uids', 'exp', 'cfp', 'cres')
+local state = r[1]
+if not state then return reply({'NOTFOUND'}) end
+if state == 'committed' then
+  if r[5] ~= fingerprint then return reply({'MISMATCH'}) end
+  return reply({'DUP', cjson.decode(r[6])})
+end
+if state == 'released' then return reply({'RELEASED'}) end
+if r[3] ~= uids then return reply({'KEYS', r[3]}) end
+if stale_config(cfg_key, cfg_version) then return reply({'STALE'}) end
+
+local hold = r[2]
+local held = state == 'held'
+local late = now_ms > tonumber(r[4])
+local balances = {}
+local commit_periods = {}
+for i = 1, n do
+  local b = read_budget(KEYS[3 + i], ARGV[8 + i])
+  if b then
+    write_reset(b)
+    redis.call('HINCRBY', b.key, 'spent', actual)
+    if held then redis.call('HINCRBY', b.key, 'reserved', '-' .. hold) end
+    refresh(b)
+    balances[#balances + 1] = balance(b, false)
+    commit_periods[i] = b.pstart
+  else
+    commit_periods[i] = '-'
+  end
+end
+local released = '0'
+if held then released = hold end
+local result = {actual, hold, released, late and 1 or 0, balances}
+redis.call('HSET', res_key, 'state', 'committed', 'charged', actual, 'refunded', '0',
+  'cfp', fingerprint, 'cps', table.concat(commit_periods, ','), 'cres', cjson.encode(result))
+redis.call('PEXPIRE', res_key, retention_ms)
+redis.call('ZREM', exp_key, reservation_id)
+return reply({'OK', result})

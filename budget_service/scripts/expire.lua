@@ -1,0 +1,31 @@
+-- Release a hold whose caller vanished: run by the sweeper for reservations past their expiry.
+local res_key = KEYS[1]
+local exp_key = KEYS[2]
+-- KEYS[3..] budget state hashes of the reservation, in the order of its uids
+
+local reservation_id = ARGV[1]
+local now_ms = tonumber(ARGV[2])
+local retention_ms = ARGV[3]
+local uids = ARGV[4]
+local n = tonumber(ARGV[5])
+
+local r = redis.call('HMGET', res_key, 'state', 'amount', 'uids', 'exp')
+local state = r[1]
+if state ~= 'held' then
+  -- Already ended (or its record is gone): only the index entry is left to drop.
+  redis.call('ZREM', exp_key, reservation_id)
+  return reply({'GONE'})
+end
+if tonumber(r[4]) > now_ms then return reply({'NOTDUE'}) end
+if r[3] ~= uids then return reply({'KEYS', r[3]}) end
+
+local hold = r[2]
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[2 + i]) == 1 then
+    redis.call('HINCRBY', KEYS[2 + i], 'reserved', '-' .. hold)
+  end
+end
+redis.call('HSET', res_key, 'state', 'expired', 'expired_at', ARGV[2])
+redis.call('PEXPIRE', res_key, retention_ms)
+redis.call('ZREM', exp_key, reservation_id)
+return reply({'OK', hold})

@@ -1,0 +1,76 @@
+-- Shared prelude, prepended to every script by budget_service/store.py.
+--
+-- Budget counters are int64 nano-USD in Redis and can exceed 2^53 (where Lua's doubles stop
+-- being exact). They are kept as decimal strings here and compared as (high, low) pairs split
+-- at 1e9, each part exact in a double. All writes to counters go through HINCRBY with string
+-- arguments, so Redis does the int64 arithmetic. Amounts of a single reservation are capped by
+-- the service (see budget_service/validation.py) far below 2^53, so they may be plain numbers.
+
+local function big(s)
+  s = s or '0'
+  local n = #s
+  if n <= 9 then return {0, tonumber(s)} end
+  return {tonumber(string.sub(s, 1, n - 9)), tonumber(string.sub(s, n - 8))}
+end
+
+local function big_add(a, b)
+  local lo = a[2] + b[2]
+  local hi = a[1] + b[1]
+  if lo >= 1e9 then
+    lo = lo - 1e9
+    hi = hi + 1
+  end
+  return {hi, lo}
+end
+
+-- true when a > b
+local function big_gt(a, b)
+  if a[1] ~= b[1] then return a[1] > b[1] end
+  return a[2] > b[2]
+end
+
+-- The fields of a budget state hash every script reads, in this order.
+local BUDGET_FIELDS = {'id', 'limit', 'od', 'mode', 'spent', 'reserved', 'pstart'}
+
+-- Read a budget's state; nil when the budget was deleted. `pstart_now` is the start of the
+-- period the service's clock is in: a newer period means spent starts again from zero
+-- (the reset itself is written later, only once the script has decided to write).
+local function read_budget(key, pstart_now)
+  local v = redis.call('HMGET', key, unpack(BUDGET_FIELDS))
+  if not v[1] then return nil end
+  local b = {key = key, id = v[1], limit = v[2] or '0', od = v[3] or '0', mode = v[4] or 'hard',
+             spent = v[5] or '0', reserved = v[6] or '0', pstart = v[7] or '0', reset = false}
+  if pstart_now ~= nil and tonumber(pstart_now) > tonumber(b.pstart) then
+    b.spent = '0'
+    b.pstart = pstart_now
+    b.reset = true
+  end
+  return b
+end
+
+local function write_reset(b)
+  if b.reset then
+    redis.call('HSET', b.key, 'spent', '0', 'pstart', b.pstart)
+    b.reset = false
+  end
+end
+
+local function balance(b, exceeded)
+  return {b.id, b.limit, b.od, b.mode, b.spent, b.reserved, exceeded and 1 or 0}
+end
+
+-- Re-read counters after HINCRBY so the answer carries exact strings, not doubles.
+local function refresh(b)
+  local v = redis.call('HMGET', b.key, 'spent', 'reserved')
+  b.spent = v[1] or '0'
+  b.reserved = v[2] or '0'
+end
+
+local function stale_config(cfg_key, cfg_version)
+  local current = redis.call('HGET', cfg_key, '_v') or '0'
+  return current ~= cfg_version
+end
+
+local function reply(t)
+  return cjson.encode(t)
+end

@@ -1,0 +1,46 @@
+-- Credit back committed spend: at most what is still unrefunded, idempotent by refund id.
+-- Spent is credited only in budgets whose period is still the one the charge was made in;
+-- a refund of a closed period's charge changes no current counter.
+local cfg_key = KEYS[1]
+local res_key = KEYS[2]
+-- KEYS[3..] budget state hashes of the reservation, in the order of its uids
+
+local cfg_version = ARGV[1]
+local refund_id = ARGV[2]
+local amount = tonumber(ARGV[3])
+local retention_ms = ARGV[4]
+local uids = ARGV[5]
+local n = tonumber(ARGV[6])
+-- ARGV[6 + i]: current period start of budget i
+
+local r = redis.call('HMGET', res_key, 'state', 'uids', 'charged', 'refunded', 'cps',
+  'rf:' .. refund_id)
+local state = r[1]
+if not state then return reply({'NOTFOUND'}) end
+if r[6] then
+  local sep = string.find(r[6], ':', 1, true)
+  if string.sub(r[6], 1, sep - 1) ~= ARGV[3] then return reply({'MISMATCH'}) end
+  return reply({'DUP', string.sub(r[6], sep + 1)})
+end
+if state ~= 'committed' then return reply({'NOTCOMMITTED', state}) end
+if r[2] ~= uids then return reply({'KEYS', r[2]}) end
+if stale_config(cfg_key, cfg_version) then return reply({'STALE'}) end
+
+local left = tonumber(r[3]) - tonumber(r[4])
+local give = amount
+if give > left then give = left end
+local give_s = string.format('%d', give)
+if give > 0 then
+  local periods = {}
+  for p in string.gmatch(r[5], '[^,]+') do periods[#periods + 1] = p end
+  for i = 1, n do
+    local b = read_budget(KEYS[2 + i], ARGV[6 + i])
+    if b and not b.reset and periods[i] == b.pstart then
+      redis.call('HINCRBY', b.key, 'spent', '-' .. give_s)
+    end
+  end
+  redis.call('HINCRBY', res_key, 'refunded', give_s)
+end
+redis.call('HSET', res_key, 'rf:' .. refund_id, ARGV[3] .. ':' .. give_s)
+redis.call('PEXPIRE', res_key, retention_ms)
+return reply({'OK', give_s})

@@ -1,0 +1,59 @@
+-- Hold `amount` against every budget that covers the request, all or nothing.
+local cfg_key = KEYS[1]
+local res_key = KEYS[2]
+local exp_key = KEYS[3]
+-- KEYS[4..] budget state hashes, in the order of the (uid, pstart) pairs in ARGV
+
+local cfg_version = ARGV[1]
+local reservation_id = ARGV[2]
+local fingerprint = ARGV[3]
+local amount = ARGV[4]
+local critical = ARGV[5] == '1'
+local now_ms = ARGV[6]
+local expires_ms = ARGV[7]
+local retention_ms = tonumber(ARGV[8])
+local n = tonumber(ARGV[9])
+-- ARGV[10 + 2i], ARGV[11 + 2i]: uid and current period start of budget i (0-based)
+
+local existing = redis.call('HMGET', res_key, 'fp', 'rres')
+if existing[1] then
+  if existing[1] ~= fingerprint then return reply({'MISMATCH'}) end
+  return reply({'DUP', cjson.decode(existing[2])})
+end
+if stale_config(cfg_key, cfg_version) then return reply({'STALE'}) end
+
+local want = big(amount)
+local budgets = {}
+local uids = {}
+local refused = {}
+local balances = {}
+for i = 1, n do
+  local uid = ARGV[8 + 2 * i]
+  local b = read_budget(KEYS[3 + i], ARGV[9 + 2 * i])
+  if not b then return reply({'STALE'}) end
+  local need = big_add(big_add(big(b.spent), big(b.reserved)), want)
+  local over = big_gt(need, big(b.limit))
+  if over and b.mode == 'hard' then
+    local cap = big(b.limit)
+    if critical then cap = big_add(cap, big(b.od)) end
+    if big_gt(need, cap) then refused[#refused + 1] = balance(b, true) end
+  end
+  budgets[i] = {b, over and b.mode ~= 'hard'}
+  uids[i] = uid
+end
+if #refused > 0 then return reply({'REFUSED', refused}) end
+
+for i = 1, n do
+  local b = budgets[i][1]
+  write_reset(b)
+  redis.call('HINCRBY', b.key, 'reserved', amount)
+  refresh(b)
+  balances[i] = balance(b, budgets[i][2])
+end
+local result = {amount, expires_ms, balances}
+redis.call('HSET', res_key, 'fp', fingerprint, 'state', 'held', 'amount', amount,
+  'uids', table.concat(uids, ','), 'exp', expires_ms, 'created', now_ms,
+  'rres', cjson.encode(result))
+redis.call('PEXPIREAT', res_key, tonumber(expires_ms) + retention_ms)
+redis.call('ZADD', exp_key, expires_ms, reservation_id)
+return reply({'OK', result})

@@ -1,0 +1,23 @@
+-- Copy one budget's configuration from PostgreSQL into Redis, keeping its counters.
+-- An older version than the one Redis holds (a slower concurrent upsert) changes nothing.
+local cfg_key = KEYS[1]
+local budget_key = KEYS[2]
+
+local uid = ARGV[1]
+local config_json = ARGV[2]
+local budget_id = ARGV[3]
+local limit = ARGV[4]
+local overdraft = ARGV[5]
+local mode = ARGV[6]
+local version = tonumber(ARGV[7])
+
+local current = redis.call('HGET', budget_key, 'ver')
+if current and tonumber(current) >= version then return reply({'OLD'}) end
+redis.call('HSET', budget_key, 'id', budget_id, 'limit', limit, 'od', overdraft, 'mode', mode,
+  'ver', ARGV[7])
+redis.call('HSETNX', budget_key, 'spent', '0')
+redis.call('HSETNX', budget_key, 'reserved', '0')
+redis.call('HSETNX', budget_key, 'pstart', '0')
+redis.call('HSET', cfg_key, uid, config_json)
+redis.call('HINCRBY', cfg_key, '_v', 1)
+return reply({'OK'})

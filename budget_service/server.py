@@ -1,0 +1,103 @@
+"""Wiring: stores, engine, services, health, reflection, sweeper; start and graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import asyncpg
+import grpc
+import redis.asyncio as aioredis
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from budget_service import db, store
+from budget_service.admin import BudgetAdminService
+from budget_service.budget_repo import BudgetRepository
+from budget_service.clock import Clock, SystemClock
+from budget_service.config_cache import ConfigCache
+from budget_service.config_sync import ConfigSync
+from budget_service.engine import Engine
+from budget_service.errors import ConfigError
+from budget_service.handlers import BudgetService
+from budget_service.settings import Settings
+from budget_service.sweeper import Sweeper
+from genproto.budget.v1 import budget_pb2, budget_pb2_grpc
+
+log = structlog.get_logger(__name__)
+SERVICE_NAMES = (
+    budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
+    budget_pb2.DESCRIPTOR.services_by_name["BudgetAdminService"].full_name,
+)
+
+
+@dataclass
+class App:
+    """A running budget service and everything it owns."""
+
+    settings: Settings
+    server: grpc.aio.Server
+    port: int
+    redis: aioredis.Redis
+    pool: asyncpg.Pool
+    engine: Engine
+    sweeper: Sweeper
+    health: health.aio.HealthServicer
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def stop(self) -> None:
+        """Stop taking calls, let in-flight calls finish (up to the grace period), close stores."""
+        if self.stopped.is_set():
+            return
+        log.info("server.stopping", grace_seconds=self.settings.shutdown_grace_seconds)
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.sweeper.stop()
+        await self.server.stop(self.settings.shutdown_grace_seconds)
+        await self.redis.aclose()
+        await self.pool.close()
+        self.stopped.set()
+        log.info("server.stopped")
+
+
+async def start(settings: Settings, clock: Clock | None = None) -> App:
+    """Connect the stores, migrate, reconcile Redis from PostgreSQL, and serve."""
+    if not settings.redis_url or not settings.database_url:
+        raise ConfigError(
+            "REDIS_URL and DATABASE_URL must be set (or use `make run`, which starts both)"
+        )
+    clock = clock or SystemClock()
+    redis = store.connect(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds,
+                          pool_size=settings.redis_pool_size)
+    scripts = store.Scripts(redis)
+    await scripts.load()
+    pool = await db.connect(settings.database_url)
+    await db.migrate(pool)
+    repo = BudgetRepository(pool)
+    sync = ConfigSync(scripts)
+    await sync.reconcile(repo)
+
+    engine = Engine(scripts, ConfigCache(redis), clock,
+                    retention_ms=int(settings.retention_seconds * 1000))
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetService(engine, settings), server)
+    budget_pb2_grpc.add_BudgetAdminServiceServicer_to_server(
+        BudgetAdminService(repo, sync, redis, clock), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(settings.budget_addr)
+    if port == 0:
+        raise ConfigError(f"BUDGET_ADDR={settings.budget_addr!r}: cannot listen there")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    sweeper = Sweeper(redis, engine, clock, settings.sweep_interval_seconds)
+    sweeper.start()
+    host = settings.budget_addr.rsplit(":", 1)[0]
+    log.info("server.started", addr=f"{host}:{port}")
+    return App(settings, server, port, redis, pool, engine, sweeper, health_servicer)

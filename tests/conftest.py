@@ -1,0 +1,107 @@
+"""Real Redis and PostgreSQL, started once per test run on free ports, and the service on them."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from budget_service import server
+from budget_service.clock import OffsetClock
+from budget_service.settings import Settings
+from devstack import PostgresProcess, RedisProcess, free_port
+from genproto.budget.v1 import budget_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@dataclass
+class Stack:
+    redis: RedisProcess
+    postgres: PostgresProcess
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One Redis (AOF on) and one PostgreSQL for the whole run, in a temporary folder."""
+    root = tmp_path_factory.mktemp("stack")
+    redis = RedisProcess(root / "redis", free_port())
+    postgres = PostgresProcess(root / "postgres", free_port(), fsync=False)
+    redis.start()
+    try:
+        postgres.start()
+    except BaseException:
+        redis.stop()
+        raise
+    try:
+        yield Stack(redis, postgres)
+    finally:
+        postgres.stop()
+        redis.stop()
+
+
+@pytest.fixture(scope="session")
+def clock() -> OffsetClock:
+    """The service's clock; tests move it to cross period boundaries, and must reset it."""
+    return OffsetClock()
+
+
+def test_settings(stack: Stack, **overrides: object) -> Settings:
+    """Settings for an in-process service on the run's stores and a free port."""
+    values: dict[str, object] = {
+        "redis_url": stack.redis.url,
+        "database_url": stack.postgres.url,
+        "budget_addr": "127.0.0.1:0",
+        "sweep_interval_seconds": 0.2,
+        "shutdown_grace_seconds": 2.0,
+        "log_level": os.environ.get("TEST_LOG_LEVEL", "warning"),
+    }
+    values.update(overrides)
+    return Settings.from_env({}, **values)
+
+
+@pytest.fixture(scope="session")
+async def app(stack: Stack, clock: OffsetClock) -> AsyncIterator[server.App]:
+    """The budget service, in this process, for the whole run."""
+    running = await server.start(test_settings(stack), clock)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+@pytest.fixture(scope="session")
+async def channel(app: server.App) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def budgets(channel: grpc.aio.Channel) -> budget_pb2_grpc.BudgetServiceStub:
+    return budget_pb2_grpc.BudgetServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def admin(channel: grpc.aio.Channel) -> budget_pb2_grpc.BudgetAdminServiceStub:
+    return budget_pb2_grpc.BudgetAdminServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def health(channel: grpc.aio.Channel) -> health_pb2_grpc.HealthStub:
+    return health_pb2_grpc.HealthStub(channel)
+
+
+_orgs = itertools.count()
+
+
+@pytest.fixture
+def org() -> str:
+    """A fresh org per test, so tests never see each other's budgets or counters."""
+    return f"org-{next(_orgs)}-{uuid.uuid4().hex[:8]}"
