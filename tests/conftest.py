@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from budget_service import server
+from budget_service import logs, server
 from budget_service.clock import OffsetClock
 from budget_service.settings import Settings
 from devstack import PostgresProcess, RedisProcess, free_port
@@ -68,7 +68,12 @@ def test_settings(stack: Stack, **overrides: object) -> Settings:
 
 
 @pytest.fixture(scope="session")
-async def app(stack: Stack, clock: OffsetClock) -> AsyncIterator[server.App]:
+def _logging() -> None:
+    logs.configure(os.environ.get("TEST_LOG_LEVEL", "warning"), "console")
+
+
+@pytest.fixture(scope="session")
+async def app(_logging: None, stack: Stack, clock: OffsetClock) -> AsyncIterator[server.App]:
     """The budget service, in this process, for the whole run."""
     running = await server.start(test_settings(stack), clock)
     try:

@@ -15,6 +15,6 @@ if state ~= 'held' or tonumber(r[2]) <= now_ms then
   return reply({'NOTHELD', state})
 end
 redis.call('HSET', res_key, 'exp', expires_ms)
-redis.call('PEXPIREAT', res_key, tonumber(expires_ms) + retention_ms)
+redis.call('PEXPIRE', res_key, tonumber(expires_ms) - now_ms + retention_ms)
 redis.call('ZADD', exp_key, expires_ms, reservation_id)
 return reply({'OK', expires_ms})

@@ -54,6 +54,7 @@ local result = {amount, expires_ms, balances}
 redis.call('HSET', res_key, 'fp', fingerprint, 'state', 'held', 'amount', amount,
   'uids', table.concat(uids, ','), 'exp', expires_ms, 'created', now_ms,
   'rres', cjson.encode(result))
-redis.call('PEXPIREAT', res_key, tonumber(expires_ms) + retention_ms)
+-- Relative TTL: Redis's clock need not agree with the service's.
+redis.call('PEXPIRE', res_key, tonumber(expires_ms) - tonumber(now_ms) + retention_ms)
 redis.call('ZADD', exp_key, expires_ms, reservation_id)
 return reply({'OK', result})
