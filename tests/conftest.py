@@ -53,7 +53,7 @@ def clock() -> OffsetClock:
     return OffsetClock()
 
 
-def test_settings(stack: Stack, **overrides: object) -> Settings:
+def service_settings(stack: Stack, **overrides: object) -> Settings:
     """Settings for an in-process service on the run's stores and a free port."""
     values: dict[str, object] = {
         "redis_url": stack.redis.url,
@@ -75,7 +75,7 @@ def _logging() -> None:
 @pytest.fixture(scope="session")
 async def app(_logging: None, stack: Stack, clock: OffsetClock) -> AsyncIterator[server.App]:
     """The budget service, in this process, for the whole run."""
-    running = await server.start(test_settings(stack), clock)
+    running = await server.start(service_settings(stack), clock)
     try:
         yield running
     finally:

@@ -1,0 +1,13 @@
+"""`python -m bench` (`make bench`): budget calls per second against a trivial-RPC ceiling.
+
+One run starts its own Redis (AOF on), PostgreSQL and budget service process(es) on free ports,
+drives them from several client processes, prints a table of figures and, with `--json PATH`,
+writes them as JSON. Figures are reported next to their aims, never asserted.
+
+Modules:
+    cli       argument parsing, the phases in order, the report
+    stack     Redis, PostgreSQL and the service processes: start, readiness, cleanup
+    client    the load-generating client processes (grpc.aio, closed and open loop)
+    procfs    CPU time and TCP socket ownership read from /proc
+    profiling the service under cProfile (only during the budget phase) and its summary
+"""

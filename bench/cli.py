@@ -1,0 +1,674 @@
+"""`python -m bench`: budget calls per second against a trivial-RPC ceiling, in one run.
+
+Phases, all on the same server stack and the same connected client processes:
+
+1. ceiling    closed loop of grpc.health.v1.Health/Check: what gRPC in Python on this machine
+              can do at all with these clients;
+2. budget     closed loop of Reserve then its Commit (each call counted; unique reservation
+              ids, amount-based), with Redis commandstats reset before and read after;
+3. half load  open loop at half the budget phase's calls/s: Reserve latency when not saturated;
+4. reserve    closed loop of Reserve alone, its own commandstats: Redis µs per reserve script.
+
+The figures are printed next to their aims (and written with --json); nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import grpc
+import redis
+
+from bench import client, procfs, profiling
+from bench.client import Phase, Result
+from bench.stack import BenchError, Stack
+
+LIMIT_NANOS = 10**15  # 1,000,000 USD per month: never refuses within a run (2e6 nanos a call)
+BUDGETS: list[tuple[str, dict[str, str]]] = [
+    ("org-cap", {}),
+    ("team-cap", {"team": client.SUBJECT["team"]}),
+    ("vk-openai", {"project": client.SUBJECT["project"], "provider": client.SUBJECT["provider"]}),
+    ("user-daily", {"user": client.SUBJECT["user"]}),
+    ("model-cap", {"model": client.SUBJECT["model"]}),
+]
+AIMS = {
+    "ratio_budget_to_ceiling": ">= 0.6",
+    "half_load_reserve_p99_us": "< 2000",
+    "redis_us_per_reserve_script": "< 15",
+}
+PHASE_LEAD_NS = 300_000_000  # time for a phase message to reach every client before it starts
+
+
+# --- arguments ----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Measure budget calls/s against a trivial-RPC ceiling on one server stack.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--clients", type=int, default=2, help="client processes")
+    p.add_argument("--concurrency", type=int, default=32, help="in-flight calls per client")
+    p.add_argument("--seconds", type=float, default=5.0, help="measured window of each phase")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="warm-up before each window (default: min(1, seconds/2))")
+    p.add_argument("--reserve-seconds", type=float, default=None,
+                   help="window of the reserve-only phase (default: max(0.5, seconds/2))")
+    p.add_argument("--server-procs", type=int, default=1,
+                   help="budget service processes sharing the port (SO_REUSEPORT)")
+    p.add_argument("--channels", type=int, default=None,
+                   help="grpc channels (TCP connections) per client (default: server-procs),"
+                        " spread evenly over the service processes")
+    p.add_argument("--budgets", type=int, default=1, choices=range(1, len(BUDGETS) + 1),
+                   metavar=f"1..{len(BUDGETS)}",
+                   help="budgets covering every request (org cap, then team, key+provider,"
+                        " user, model)")
+    p.add_argument("--log-level", default="warning", help="LOG_LEVEL of the service")
+    p.add_argument("--profile-server", type=Path, metavar="PATH", default=None,
+                   help="run the service under cProfile during the budget phase, write the"
+                        " stats (of service process 0) to PATH and print a summary")
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
+    p.add_argument("--keep-dir", action="store_true",
+                   help="keep the temporary folder (logs, data) instead of removing it")
+    args = p.parse_args(argv)  # fmt: skip
+    for name in ("clients", "concurrency", "server_procs"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.seconds <= 0:
+        p.error("--seconds must be positive")
+    if args.warmup is None:
+        args.warmup = min(1.0, args.seconds / 2)
+    if args.reserve_seconds is None:
+        args.reserve_seconds = max(0.5, args.seconds / 2)
+    if args.channels is None:
+        args.channels = args.server_procs
+    return args
+
+
+# --- client processes ---------------------------------------------------------------------
+
+
+class Clients:
+    """The client processes: started once, connected, then driven phase by phase."""
+
+    def __init__(self, count: int, make_config: Any) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that runs grpc
+        self.procs: list[multiprocessing.process.BaseProcess] = []
+        self.conns: list[Connection] = []
+        self.placement: list[list[int]] = []
+        for i in range(count):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=client.main, args=(child, make_config(i)),
+                               name=f"bench-client-{i}", daemon=True)  # fmt: skip
+            proc.start()
+            child.close()
+            self.procs.append(proc)
+            self.conns.append(parent)
+        for i in range(count):
+            self.placement.append(self._receive(i, "ready", timeout=60.0))
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.pid is not None]
+
+    def _receive(self, i: int, expected: str, timeout: float) -> Any:
+        conn = self.conns[i]
+        if not conn.poll(timeout):
+            raise BenchError(f"client {i} did not answer within {timeout:.0f} s")
+        try:
+            kind, payload = conn.recv()
+        except EOFError:
+            raise BenchError(f"client {i} exited (code {self.procs[i].exitcode})") from None
+        if kind == "error":
+            raise BenchError(f"client {i} failed:\n{payload}")
+        if kind != expected:
+            raise BenchError(f"client {i} answered {kind!r}, expected {expected!r}")
+        return payload
+
+    def send(self, phases: list[Phase]) -> None:
+        for conn, phase in zip(self.conns, phases, strict=True):
+            conn.send(phase)
+
+    def collect(self, timeout: float) -> list[Result]:
+        return [self._receive(i, "result", timeout) for i in range(len(self.conns))]
+
+    def close(self) -> None:
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        deadline = time.monotonic() + 5.0
+        for proc in self.procs:
+            proc.join(max(0.1, deadline - time.monotonic()))
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(2.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for conn in self.conns:
+            conn.close()
+
+
+# --- measuring ----------------------------------------------------------------------------
+
+
+def percentile_us(sorted_ns: list[int], q: float) -> float:
+    """Nearest-rank percentile of sorted nanoseconds, in microseconds (0 when empty)."""
+    if not sorted_ns:
+        return 0.0
+    rank = max(1, math.ceil(q * len(sorted_ns)))
+    return sorted_ns[rank - 1] / 1000.0
+
+
+@dataclass
+class CpuSample:
+    at_ns: int
+    roles: dict[str, float]
+    threads: dict[str, float]
+    machine: procfs.MachineCpu
+
+
+@dataclass
+class PhaseOutcome:
+    """One phase, merged over the clients."""
+
+    name: str
+    window_s: float
+    counts: dict[str, int]
+    latencies: dict[str, list[int]]  # sorted ns
+    lags: list[int]  # sorted ns (open loop)
+    errors: Counter[str]
+    error_sample: str
+    dropped: int
+    cpu: dict[str, Any] = field(default_factory=dict)
+    redis: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def calls(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.window_s
+
+    def p(self, op: str, q: float) -> float:
+        return percentile_us(self.latencies.get(op, []), q)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "window_s": self.window_s,
+            "calls": self.counts,
+            "calls_per_s": round(self.calls_per_s, 1),
+            "latency_us": {
+                op: {"p50": self.p(op, 0.50), "p90": self.p(op, 0.90), "p99": self.p(op, 0.99),
+                     "max": self.p(op, 1.0)}
+                for op in self.latencies
+            },  # fmt: skip
+            "errors": dict(self.errors),
+            "cpu": self.cpu,
+        }
+        if self.error_sample:
+            out["error_sample"] = self.error_sample
+        if self.lags:
+            out["open_loop_start_lag_us"] = {"p50": percentile_us(self.lags, 0.5),
+                                             "p99": percentile_us(self.lags, 0.99)}  # fmt: skip
+            out["dropped_arrivals"] = self.dropped
+        if self.redis:
+            out["redis"] = self.redis
+        return out
+
+
+class Bench:
+    """One run: the stack, the clients, the phases."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.org = f"bench-{uuid.uuid4().hex[:8]}"
+        self.run_tag = uuid.uuid4().hex[:8]
+        self.stack: Stack | None = None
+        self.clients: Clients | None = None
+        self.redis: redis.Redis | None = None
+        self.profile_text = ""
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Bench]:
+        try:
+            log(f"starting Redis, PostgreSQL and {self.args.server_procs} budget service"
+                f" process(es) ...")  # fmt: skip
+            self.stack = Stack(server_procs=self.args.server_procs, log_level=self.args.log_level,
+                               profile=self.args.profile_server is not None,
+                               keep_dir=self.args.keep_dir)  # fmt: skip
+            self.stack.__enter__()
+            if self.args.keep_dir:
+                log(f"data and logs in {self.stack.root}")
+            self.redis = redis.Redis.from_url(self.stack.redis.url, decode_responses=True)
+            self.stack.upsert_budgets(self.org, BUDGETS[: self.args.budgets], LIMIT_NANOS)
+            stack = self.stack
+            log(f"starting {self.args.clients} client process(es) ...")
+            self.clients = Clients(
+                self.args.clients,
+                lambda i: client.Config(
+                    index=i, addr=stack.addr, port=stack.port, org=self.org,
+                    run_tag=self.run_tag, channels=self.args.channels,
+                    server_pids=stack.service_pids,
+                ),
+            )  # fmt: skip
+            yield self
+        finally:
+            with _signals_ignored():
+                if self.clients is not None:
+                    self.clients.close()
+                if self.redis is not None:
+                    self.redis.close()
+                if self.stack is not None:
+                    self.stack.close()
+
+    # --- one phase ------------------------------------------------------------------------
+
+    def _cpu(self) -> CpuSample:
+        assert self.stack is not None and self.clients is not None
+        roles = {
+            "service": sum(procfs.cpu_seconds(p) for p in self.stack.service_pids),
+            "redis": procfs.cpu_seconds(self.stack.redis.pid or 0),
+            "postgres": procfs.tree_cpu_seconds(self.stack.postgres.pid or 0),
+            "clients": sum(procfs.cpu_seconds(p) for p in self.clients.pids),
+            "bench": procfs.cpu_seconds(os.getpid()),
+        }
+        threads: dict[str, float] = {}
+        for pid in self.stack.service_pids:
+            for name, seconds in procfs.thread_cpu_seconds(pid).items():
+                threads[name] = threads.get(name, 0.0) + seconds
+        return CpuSample(time.perf_counter_ns(), roles, threads, procfs.machine_cpu())
+
+    def phase(self, name: str, kind: str, window_s: float, *, rate_calls_per_s: float = 0.0,
+              before_window: Any = None, after_window: Any = None) -> PhaseOutcome:  # fmt: skip
+        """Run one phase on every client; CPU is sampled exactly around the window."""
+        assert self.clients is not None and self.stack is not None
+        args = self.args
+        n = args.clients
+        start = time.perf_counter_ns() + PHASE_LEAD_NS
+        warmup_ns = int(args.warmup * 1e9)
+        window_ns = int(window_s * 1e9)
+        phases = []
+        for i in range(n):
+            phase = Phase(kind, start, warmup_ns, window_ns, concurrency=args.concurrency)
+            if kind == "open":
+                pairs_per_client = rate_calls_per_s / 2 / n  # a pair: Reserve + Commit
+                phase.rate = pairs_per_client
+                phase.offset_ns = int(i * 1e9 / pairs_per_client / n)  # interleave clients
+            phases.append(phase)
+        if before_window is not None:
+            before_window()
+        self.clients.send(phases)
+        _sleep_until(start + warmup_ns)
+        first = self._cpu()
+        _sleep_until(start + warmup_ns + window_ns)
+        last = self._cpu()
+        results = self.clients.collect(timeout=args.warmup + window_s + 60.0)
+        if after_window is not None:
+            after_window()
+        self.stack.check_services()
+        outcome = _merge(name, window_s, results)
+        outcome.cpu = _cpu_use(first, last, outcome.calls)
+        if outcome.errors:
+            log(f"  {name}: {outcome.calls:,} calls ok, errors {dict(outcome.errors)}"
+                f" (first: {outcome.error_sample})")  # fmt: skip
+        if outcome.calls == 0:
+            raise BenchError(f"phase {name!r}: no call succeeded ({outcome.error_sample})")
+        return outcome
+
+    def _commandstats(self) -> dict[str, Any]:
+        assert self.redis is not None
+        stats: dict[str, Any] = self.redis.info("commandstats")
+        evalsha = stats.get("cmdstat_evalsha", {})
+        return {
+            "evalsha_calls": int(evalsha.get("calls", 0)),
+            "evalsha_usec": int(evalsha.get("usec", 0)),
+            "evalsha_usec_per_call": float(evalsha.get("usec_per_call", 0.0)),
+            "other_commands": {
+                k.removeprefix("cmdstat_"): int(v.get("calls", 0))
+                for k, v in stats.items()
+                if k != "cmdstat_evalsha"
+            },
+        }
+
+    def _reset_redis_stats(self) -> None:
+        assert self.redis is not None
+        self.redis.config_resetstat()
+
+    # --- the run --------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        args = self.args
+        assert self.stack is not None
+        log(f"phase 1/4 ceiling: Health/Check, {args.clients}x{args.concurrency} in flight,"
+            f" {args.seconds:g} s")  # fmt: skip
+        ceiling = self.phase("ceiling", "ceiling", args.seconds)
+        log(f"  {ceiling.calls_per_s:,.0f} calls/s")
+
+        log(f"phase 2/4 budget: Reserve+Commit, {args.clients}x{args.concurrency} in flight,"
+            f" {args.seconds:g} s")  # fmt: skip
+        budget_redis: dict[str, Any] = {}
+        profiled = self.stack.services[0] if args.profile_server else None
+
+        def before_budget() -> None:
+            self._reset_redis_stats()
+            if profiled is not None:
+                profiled.signal(signal.SIGUSR1)
+
+        def after_budget() -> None:
+            budget_redis.update(self._commandstats())
+            if profiled is not None:
+                profiled.signal(signal.SIGUSR2)
+
+        budget = self.phase("budget", "budget", args.seconds, before_window=before_budget,
+                            after_window=after_budget)  # fmt: skip
+        budget.redis = budget_redis
+        log(f"  {budget.calls_per_s:,.0f} calls/s"
+            f" (ratio {budget.calls_per_s / ceiling.calls_per_s:.2f})")  # fmt: skip
+        if profiled is not None and args.profile_server is not None:
+            self.profile_text = _collect_profile(profiled.profile_path, args.profile_server)
+
+        target = budget.calls_per_s / 2
+        log(f"phase 3/4 half load: open loop at {target:,.0f} calls/s, {args.seconds:g} s")
+        half = self.phase("half_load", "open", args.seconds, rate_calls_per_s=target)
+        log(f"  {half.calls_per_s:,.0f} calls/s achieved")
+
+        log(f"phase 4/4 reserve only: {args.reserve_seconds:g} s (Redis commandstats)")
+        reserve_redis: dict[str, Any] = {}
+        reserve = self.phase("reserve_only", "reserve", args.reserve_seconds,
+                             before_window=self._reset_redis_stats,
+                             after_window=lambda: reserve_redis.update(self._commandstats()))  # fmt: skip
+        reserve.redis = reserve_redis
+        log(f"  {reserve.calls_per_s:,.0f} Reserve calls/s,"
+            f" {reserve_redis['evalsha_usec_per_call']:.2f} µs Redis per reserve script")  # fmt: skip
+
+        return self._report(ceiling, budget, half, reserve, target)
+
+    def _report(self, ceiling: PhaseOutcome, budget: PhaseOutcome, half: PhaseOutcome,
+                reserve: PhaseOutcome, target: float) -> dict[str, Any]:  # fmt: skip
+        assert self.redis is not None and self.stack is not None
+        reserve_us = float(reserve.redis["evalsha_usec_per_call"])
+        mixed_us = float(budget.redis["evalsha_usec_per_call"])
+        figures = {
+            "ceiling_calls_per_s": round(ceiling.calls_per_s, 1),
+            "budget_calls_per_s": round(budget.calls_per_s, 1),
+            "ratio_budget_to_ceiling": round(budget.calls_per_s / ceiling.calls_per_s, 4),
+            "reserve_p50_us": budget.p("reserve", 0.50),
+            "reserve_p99_us": budget.p("reserve", 0.99),
+            "commit_p50_us": budget.p("commit", 0.50),
+            "commit_p99_us": budget.p("commit", 0.99),
+            "half_load_calls_per_s": round(half.calls_per_s, 1),
+            "half_load_reserve_p50_us": half.p("reserve", 0.50),
+            "half_load_reserve_p99_us": half.p("reserve", 0.99),
+            "redis_us_per_reserve_script": reserve_us,
+            "redis_us_per_evalsha_budget_run": mixed_us,
+        }
+        a = self.args
+        return {
+            "figures": figures,
+            "aims": AIMS,
+            "derived": {
+                # budget-run evalsha is half reserve, half commit scripts
+                "redis_us_per_commit_script_estimate": round(2 * mixed_us - reserve_us, 2),
+                "reserve_only_calls_per_s": round(reserve.calls_per_s, 1),
+                "half_load_target_calls_per_s": round(target, 1),
+            },
+            "machine": machine_info(self.redis),
+            "params": {
+                "clients": a.clients, "concurrency_per_client": a.concurrency,
+                "seconds": a.seconds, "warmup_seconds": a.warmup,
+                "reserve_seconds": a.reserve_seconds, "server_procs": a.server_procs,
+                "channels_per_client": a.channels, "budgets_per_request": a.budgets,
+                "service_log_level": a.log_level, "org": self.org,
+                "reserve_nanos": client.RESERVE_NANOS, "actual_nanos": client.ACTUAL_NANOS,
+                "connections_per_service_process": self._connections(),
+                "profiled": a.profile_server is not None,
+            },  # fmt: skip
+            "phases": {p.name: p.summary() for p in (ceiling, budget, half, reserve)},
+            "profile": self.profile_text,
+        }
+
+    def _connections(self) -> list[int]:
+        assert self.stack is not None
+        owners = procfs.server_connections(self.stack.service_pids, self.stack.port)
+        return [len(owners[pid]) for pid in self.stack.service_pids]
+
+
+def _merge(name: str, window_s: float, results: list[Result]) -> PhaseOutcome:
+    latencies: dict[str, list[int]] = {}
+    lags: list[int] = []
+    errors: Counter[str] = Counter()
+    sample = ""
+    dropped = 0
+    for r in results:
+        for op, values in r.latencies.items():
+            latencies.setdefault(op, []).extend(values)
+        lags.extend(r.lags)
+        errors.update(r.errors)
+        sample = sample or r.error_sample
+        dropped += r.dropped
+    for values in latencies.values():
+        values.sort()
+    lags.sort()
+    counts = {op: len(v) for op, v in latencies.items()}
+    return PhaseOutcome(name, window_s, counts, latencies, lags, errors, sample, dropped)
+
+
+def _cpu_use(first: CpuSample, last: CpuSample, calls: int) -> dict[str, Any]:
+    """Cores busy per role over the window, and CPU µs per call."""
+    wall = (last.at_ns - first.at_ns) / 1e9
+    out: dict[str, Any] = {"wall_s": round(wall, 3)}
+    cores: dict[str, float] = {}
+    per_call: dict[str, float] = {}
+    for role in first.roles:
+        used = last.roles[role] - first.roles[role]
+        cores[role] = round(used / wall, 3)
+        per_call[role] = round(used * 1e6 / calls, 1) if calls else 0.0
+    out["cores_busy"] = cores
+    out["cpu_us_per_call"] = per_call
+    out["service_threads_cores_busy"] = {
+        name: round((last.threads.get(name, 0.0) - first.threads.get(name, 0.0)) / wall, 3)
+        for name in last.threads
+        if last.threads.get(name, 0.0) - first.threads.get(name, 0.0) > 0
+    }
+    total = last.machine.total - first.machine.total
+    busy = (last.machine.busy - first.machine.busy) / total if total else 0.0
+    out["machine_busy_fraction"] = round(busy, 3)
+    # Whatever else ran on the machine meanwhile (other sessions, the kernel's own work):
+    # a large value means the figures were taken on a shared, contended machine.
+    cores["other"] = round(max(0.0, busy * (os.cpu_count() or 1) - sum(cores.values())), 3)
+    return out
+
+
+def _collect_profile(source: Path | None, target: Path) -> str:
+    """Wait for the profiled service to write its stats, copy them, and summarize."""
+    assert source is not None
+    deadline = time.monotonic() + 30.0
+    while not source.exists():
+        if time.monotonic() > deadline:
+            return "(the service did not write its profile in time)"
+        time.sleep(0.05)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return profiling.summarize(target)
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def machine_info(client_: redis.Redis | None = None) -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": model,
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+    }
+    if client_ is not None:
+        with contextlib.suppress(redis.RedisError):
+            info["redis_server"] = client_.info("server").get("redis_version")
+    return info
+
+
+def _aim(value: float, aim: str) -> str:
+    op, _, bound = aim.partition(" ")
+    met = value >= float(bound) if op == ">=" else value < float(bound)
+    return f"aim {aim:<8} {'met' if met else 'NOT met'}"
+
+
+def render(report: dict[str, Any]) -> str:
+    f = report["figures"]
+    m = report["machine"]
+    p = report["params"]
+    d = report["derived"]
+    ph = report["phases"]
+    lines = [
+        "",
+        "Budget service bench",
+        f"machine: {m['cpu_count']} CPUs ({m['cpus_usable']} usable) {m['cpu_model']},"
+        f" Linux {m['kernel']}, Python {m['python']}, grpcio {m['grpcio']},"
+        f" redis {m.get('redis_server', '?')}, load avg at start {m['load_average_1m']}",
+        f"params:  clients={p['clients']} concurrency={p['concurrency_per_client']}/client"
+        f" seconds={p['seconds']:g} (warm-up {p['warmup_seconds']:g}, reserve-only"
+        f" {p['reserve_seconds']:g}) server-procs={p['server_procs']}"
+        f" channels={p['channels_per_client']}/client budgets/request={p['budgets_per_request']}"
+        f" service LOG_LEVEL={p['service_log_level']}"
+        f" connections/service process={p['connections_per_service_process']}"
+        + (" PROFILED (slower)" if p["profiled"] else ""),
+        "",
+        f"{'figure':<44}{'value':>14}   aim",
+        f"{'-' * 44}{'-' * 14}   {'-' * 22}",
+    ]
+    rows: list[tuple[str, str, str]] = [
+        ("ceiling: Health/Check calls/s", f"{f['ceiling_calls_per_s']:,.0f}", ""),
+        ("budget: Reserve+Commit calls/s", f"{f['budget_calls_per_s']:,.0f}", ""),
+        ("RATIO budget / ceiling", f"{f['ratio_budget_to_ceiling']:.3f}",
+         _aim(f["ratio_budget_to_ceiling"], AIMS["ratio_budget_to_ceiling"])),
+        ("Reserve p50 / p99 (µs), full load",
+         f"{f['reserve_p50_us']:,.0f} / {f['reserve_p99_us']:,.0f}", ""),
+        ("Commit p50 / p99 (µs), full load",
+         f"{f['commit_p50_us']:,.0f} / {f['commit_p99_us']:,.0f}", ""),
+        (f"Reserve p50 / p99 (µs), half load ({f['half_load_calls_per_s']:,.0f}/s)",
+         f"{f['half_load_reserve_p50_us']:,.0f} / {f['half_load_reserve_p99_us']:,.0f}",
+         _aim(f["half_load_reserve_p99_us"], AIMS["half_load_reserve_p99_us"]) + " (p99)"),
+        ("Redis µs per reserve script (reserve-only)", f"{f['redis_us_per_reserve_script']:.2f}",
+         _aim(f["redis_us_per_reserve_script"], AIMS["redis_us_per_reserve_script"])),
+        ("Redis µs per evalsha, budget run (mixed)",
+         f"{f['redis_us_per_evalsha_budget_run']:.2f}",
+         f"(commit script ~{d['redis_us_per_commit_script_estimate']:.2f} µs)"),
+    ]  # fmt: skip
+    for label, value, aim in rows:
+        lines.append(f"{label:<44}{value:>14}   {aim}")
+    half = ph["half_load"]
+    lag = half.get("open_loop_start_lag_us", {})
+    lines += [
+        "",
+        f"half load: target {d['half_load_target_calls_per_s']:,.0f} calls/s; client start lag"
+        f" p50/p99 {lag.get('p50', 0):,.0f}/{lag.get('p99', 0):,.0f} µs;"
+        f" dropped arrivals {half.get('dropped_arrivals', 0)}",
+        f"reserve-only closed loop: {d['reserve_only_calls_per_s']:,.0f} Reserve calls/s",
+        "",
+        "CPU over each measured window (cores busy | CPU µs per call):",
+        f"  {'phase':<13}{'calls/s':>9}  {'service':>16}{'redis':>16}{'postgres':>16}"
+        f"{'clients':>16}{'other procs':>13}  machine busy",
+    ]
+    for name, phase in ph.items():
+        cpu = phase["cpu"]
+        cores, per = cpu["cores_busy"], cpu["cpu_us_per_call"]
+        cells = "".join(
+            f"{cores[r]:>9.2f} |{per[r]:>5.0f}" for r in ("service", "redis", "postgres",
+                                                           "clients")
+        )  # fmt: skip
+        lines.append(f"  {name:<13}{phase['calls_per_s']:>9,.0f}  {cells}"
+                     f"{cores['other']:>13.2f}   {cpu['machine_busy_fraction']:.0%}")  # fmt: skip
+    threads = ph["budget"]["cpu"]["service_threads_cores_busy"]
+    if threads:
+        top = sorted(threads.items(), key=lambda kv: -kv[1])[:6]
+        lines.append("  service threads in budget phase (cores): "
+                     + ", ".join(f"{n}={c:.2f}" for n, c in top))  # fmt: skip
+    errors = {n: ph[n]["errors"] for n in ph if ph[n]["errors"]}
+    if errors:
+        lines.append(f"errors: {errors}")
+    if report.get("profile"):
+        lines += ["", "service profile, budget phase (cProfile, event-loop thread CPU):",
+                  report["profile"]]  # fmt: skip
+    lines.append("")
+    return "\n".join(lines)
+
+
+# --- plumbing -----------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _sleep_until(deadline_ns: int) -> None:
+    delay = (deadline_ns - time.perf_counter_ns()) / 1e9
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Cleanup is not interrupted by a second Ctrl-C (every wait in it is bounded)."""
+    saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    bench = Bench(args)
+    try:
+        with bench.running():
+            report = bench.run()
+    except KeyboardInterrupt:
+        log("interrupted: every process the bench started is stopped")
+        return 130
+    except RuntimeError as exc:  # BenchError, or a store that would not start (devstack)
+        log(f"bench failed: {exc}")
+        return 1
+    print(render(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        log(f"figures written to {args.json}")
+    return 0

@@ -1,0 +1,266 @@
+"""The server side of a bench run: Redis (AOF on), PostgreSQL and N budget service processes.
+
+Everything lives in one temporary folder and listens on free ports. `Stack` is a context
+manager: leaving it (normally, on an error or on Ctrl-C) stops every process it started, the
+service processes first (they drain, then close their store connections), then PostgreSQL and
+Redis, and removes the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench import procfs
+from devstack import PostgresProcess, RedisProcess, free_port
+from devstack._process import log_tail
+from genproto.budget.v1 import budget_pb2 as pb
+from genproto.budget.v1 import budget_pb2_grpc
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SERVICE_START_TIMEOUT = 60.0
+SERVICE_STOP_TIMEOUT = 10.0
+
+
+class BenchError(RuntimeError):
+    """A bench run could not go on; the message says why."""
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _single_threaded() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+class ServiceProcess:
+    """One `python -m budget_service`, its output in a log file."""
+
+    def __init__(self, index: int, env: dict[str, str], log_path: Path,
+                 profile_path: Path | None) -> None:  # fmt: skip
+        self.index = index
+        self.env = env
+        self.log_path = log_path
+        self.profile_path = profile_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        env = dict(self.env)
+        if self.profile_path is not None:
+            module = "bench.profiling"
+            env["BENCH_PROFILE_OUT"] = str(self.profile_path)
+        else:
+            module = "budget_service"
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", module],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+                env=env,
+                # Its own session: Ctrl-C in the terminal reaches the bench, which stops the
+                # service before the stores, instead of everything at once.
+                start_new_session=True,
+                # preexec_fn is only safe while this process has a single thread (before grpc
+                # starts its own); it is, as services start before the first channel.
+                preexec_fn=_die_with_parent if _single_threaded() else None,
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            assert self.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = SERVICE_STOP_TIMEOUT) -> None:
+        """SIGTERM (graceful: drain in-flight calls), then SIGKILL after `timeout`."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.proc = None
+
+    def log_tail(self) -> str:
+        return log_tail(self.log_path)
+
+
+class Stack:
+    """Redis, PostgreSQL and the budget service processes of one run."""
+
+    def __init__(self, *, server_procs: int, log_level: str, profile: bool = False,
+                 keep_dir: bool = False) -> None:  # fmt: skip
+        self.server_procs = server_procs
+        self.log_level = log_level
+        self.profile = profile
+        self.keep_dir = keep_dir
+        self.root = Path(tempfile.mkdtemp(prefix="budget-bench-"))
+        self.redis = RedisProcess(self.root / "redis", free_port())
+        self.postgres = PostgresProcess(self.root / "postgres", free_port(), fsync=False)
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.services: list[ServiceProcess] = []
+        self._exit = ExitStack()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        self.close()
+
+    def start(self) -> None:
+        if not self.keep_dir:
+            self._exit.callback(shutil.rmtree, self.root, ignore_errors=True)
+        # Each stop is registered before its start, so a start interrupted half-way is undone.
+        self._exit.callback(self.redis.stop)
+        self.redis.start()
+        self._exit.callback(self.postgres.stop)
+        self.postgres.start()
+        self._exit.callback(self._stop_services)
+        env = {
+            **os.environ,
+            "REDIS_URL": self.redis.url,
+            "DATABASE_URL": self.postgres.url,
+            "BUDGET_ADDR": self.addr,
+            "LOG_LEVEL": self.log_level,
+            "SHUTDOWN_GRACE_SECONDS": "2",
+        }
+        # One at a time: each migrates and reconciles on start, and readiness is per process.
+        for i in range(self.server_procs):
+            profile_path = self.root / f"service-{i}.prof" if self.profile else None
+            service = ServiceProcess(i, env, self.root / f"service-{i}.log", profile_path)
+            self.services.append(service)
+            service.start()
+            self._wait_listening(service)
+        self._wait_serving()
+
+    def close(self) -> None:
+        """Stop everything; safe to call more than once."""
+        self._exit.close()
+
+    def _stop_services(self) -> None:
+        for service in self.services:
+            service.signal(signal.SIGTERM)  # all drain at once
+        for service in self.services:
+            service.stop()
+
+    # --- readiness ------------------------------------------------------------------------
+
+    def _wait_listening(self, service: ServiceProcess) -> None:
+        """Until this very process listens on the shared port (the others already do)."""
+        deadline = time.monotonic() + SERVICE_START_TIMEOUT
+        while not procfs.listening_on(service.pid, self.port):
+            if not service.alive():
+                raise BenchError(
+                    f"budget service {service.index} exited during startup\n"
+                    f"--- tail of {service.log_path} ---\n{service.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise BenchError(f"budget service {service.index} did not listen in time")
+            time.sleep(0.05)
+
+    def _wait_serving(self) -> None:
+        """Until grpc health answers SERVING on fresh connections (each may hit any process)."""
+        deadline = time.monotonic() + SERVICE_START_TIMEOUT
+        needed = 4 * self.server_procs
+        good = 0
+        while good < needed:
+            for service in self.services:
+                if not service.alive():
+                    raise BenchError(
+                        f"budget service {service.index} exited during startup\n"
+                        f"--- tail of {service.log_path} ---\n{service.log_tail()}"
+                    )
+            if time.monotonic() > deadline:
+                raise BenchError("the budget service did not report SERVING in time")
+            with grpc.insecure_channel(
+                self.addr, options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as channel:
+                try:
+                    answer = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=2.0
+                    )
+                    ok = answer.status == health_pb2.HealthCheckResponse.SERVING
+                except grpc.RpcError:
+                    ok = False
+            good = good + 1 if ok else 0
+            if not ok:
+                time.sleep(0.05)
+
+    # --- setup and figures ----------------------------------------------------------------
+
+    def upsert_budgets(self, org: str, budgets: list[tuple[str, dict[str, str]]],
+                       limit_nanos: int) -> None:  # fmt: skip
+        """Create the run's budgets through BudgetAdminService (PostgreSQL, then Redis)."""
+        with grpc.insecure_channel(self.addr) as channel:
+            admin = budget_pb2_grpc.BudgetAdminServiceStub(channel)
+            for budget_id, selector in budgets:
+                admin.UpsertBudget(
+                    pb.UpsertBudgetRequest(
+                        budget=pb.Budget(
+                            id=budget_id,
+                            org=org,
+                            selector=selector,
+                            limit_nanos=limit_nanos,
+                            period=pb.PERIOD_MONTH,
+                            timezone="UTC",
+                            mode=pb.MODE_HARD,
+                        )
+                    ),
+                    timeout=10.0,
+                    metadata=[("x-actor", "bench")],
+                )
+
+    @property
+    def service_pids(self) -> list[int]:
+        return [s.pid for s in self.services]
+
+    def check_services(self) -> None:
+        """Raise if a service process died during the run."""
+        for service in self.services:
+            if not service.alive():
+                raise BenchError(
+                    f"budget service {service.index} died during the run\n"
+                    f"--- tail of {service.log_path} ---\n{service.log_tail()}"
+                )

@@ -1,0 +1,649 @@
+"""`python -m devstack` (what `make run` runs): Redis, PostgreSQL and the budget service, locally.
+
+With no REDIS_URL / DATABASE_URL in the environment it starts a real Redis (AOF on, appendfsync
+everysec) and a real PostgreSQL with their data under $BUDGET_DATA_DIR (default ./.data/), on
+fixed ports (Redis 6390, PostgreSQL 5439; DEV_REDIS_PORT / DEV_POSTGRES_PORT override them). A
+store whose URL is set is used as is. Then it runs the budget service as a child process, waits
+until its health check says SERVING, seeds the demo org (only budgets that do not exist yet, so
+an operator's edits survive the next start), prints where everything is, and supervises:
+SIGINT / SIGTERM stop the service first (it drains), then Redis and PostgreSQL, and exit 0. If
+the service dies, the stores are stopped and the exit status is 1, with its last log lines.
+
+Every child runs in its own session, so a terminal's Ctrl-C reaches only this process, which
+stops them in order; on Linux each child also gets a parent-death signal, so a SIGKILLed
+devstack leaves no orphans holding the ports.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import errno
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from budget_service.errors import ConfigError
+from budget_service.settings import Settings
+from devstack._process import ServerProcess, file_size, log_tail
+from devstack.postgres_process import PostgresProcess
+from devstack.redis_process import RedisProcess
+from genproto.budget.v1 import budget_pb2 as pb
+from genproto.budget.v1 import budget_pb2_grpc
+
+DEFAULT_REDIS_PORT = 6390
+DEFAULT_POSTGRES_PORT = 5439
+STORE_HOST = "127.0.0.1"
+
+REDIS_START_TIMEOUT = 20.0
+POSTGRES_START_TIMEOUT = 90.0  # the first start runs initdb
+SERVING_TIMEOUT = 60.0  # migrations and the Redis reconcile run before the service serves
+STORE_STOP_TIMEOUT = 15.0
+SERVICE_STOP_MARGIN = 5.0  # on top of the service's own SHUTDOWN_GRACE_SECONDS
+RPC_TIMEOUT = 10.0
+POLL_INTERVAL = 0.2
+LOG_TAIL_LINES = 40
+
+NANOS_PER_USD = 10**9
+DEMO_ORG = "demo"
+DEMO_BUDGETS = (
+    pb.Budget(
+        id="demo-monthly", org=DEMO_ORG, limit_nanos=10 * NANOS_PER_USD,
+        period=pb.PERIOD_MONTH, timezone="UTC", mode=pb.MODE_HARD,
+    ),
+    pb.Budget(
+        id="demo-team-search", org=DEMO_ORG, selector={"team": "search"},
+        limit_nanos=1 * NANOS_PER_USD, period=pb.PERIOD_DAY, timezone="UTC", mode=pb.MODE_HARD,
+    ),
+)  # fmt: skip
+SEED_ACTOR = "devstack-seed"
+
+USAGE = f"""usage: python -m devstack   (or: make run)
+
+Starts Redis, PostgreSQL and the budget service for local development, seeds the demo org
+({", ".join(b.id for b in DEMO_BUDGETS)}) and runs until Ctrl-C or SIGTERM.
+
+Environment:
+  BUDGET_DATA_DIR     where Redis and PostgreSQL keep their data (default ./.data)
+  DEV_REDIS_PORT      port of the Redis started here (default {DEFAULT_REDIS_PORT})
+  DEV_POSTGRES_PORT   port of the PostgreSQL started here (default {DEFAULT_POSTGRES_PORT})
+  REDIS_URL           use this Redis instead of starting one
+  DATABASE_URL        use this PostgreSQL instead of starting one
+  BUDGET_ADDR         where the budget service listens (default 127.0.0.1:50051)
+  LOG_FORMAT          the service's log format (default: console on a terminal, else json)
+Every other setting of the service (see `python -m budget_service --help`) is passed through.
+"""
+
+
+class DevstackError(Exception):
+    """Something the user can fix (a port in use, a bad setting): printed, exit status 2."""
+
+
+class StopRequested(Exception):
+    """SIGINT / SIGTERM arrived while starting up."""
+
+
+class ChildDied(Exception):
+    """The service or a store exited on its own: exit status 1."""
+
+
+def say(message: str) -> None:
+    """devstack's own messages go to stderr; stdout carries the service's log."""
+    print(f"devstack: {message}", file=sys.stderr, flush=True)
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DevConfig:
+    """What `python -m devstack` runs, read from the environment."""
+
+    data_dir: Path
+    redis_url: str  # "" means: start a Redis here
+    database_url: str  # "" means: start a PostgreSQL here
+    redis_port: int
+    postgres_port: int
+    budget_addr: str
+    log_format: str
+    shutdown_grace_seconds: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, stdout_is_tty: bool) -> DevConfig:
+        try:
+            settings = Settings.from_env(dict(env))
+        except ConfigError as exc:
+            raise DevstackError(exc.message) from exc
+        _, port = split_addr(settings.budget_addr)
+        if port == 0:
+            raise DevstackError(
+                f"BUDGET_ADDR={settings.budget_addr!r} needs a fixed port, e.g. 127.0.0.1:50051"
+            )
+        log_format = env.get("LOG_FORMAT") or ("console" if stdout_is_tty else "json")
+        return cls(
+            data_dir=Path(settings.data_dir),
+            redis_url=settings.redis_url,
+            database_url=settings.database_url,
+            redis_port=_port_setting(env, "DEV_REDIS_PORT", DEFAULT_REDIS_PORT),
+            postgres_port=_port_setting(env, "DEV_POSTGRES_PORT", DEFAULT_POSTGRES_PORT),
+            budget_addr=settings.budget_addr,
+            log_format=log_format,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        )
+
+    @property
+    def service_log(self) -> Path:
+        return self.data_dir / "budget_service.log"
+
+
+def _port_setting(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise DevstackError(f"{name}={raw!r} is not a port number (1-65535)")
+    return int(raw)
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """('host', port) of a gRPC listen address such as 127.0.0.1:50051 or [::]:50051."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise DevstackError(f"BUDGET_ADDR={addr!r} is not host:port, e.g. 127.0.0.1:50051")
+    return host.strip("[]"), int(port)
+
+
+def dial_target(addr: str) -> str:
+    """Where a client on this machine reaches a service listening on `addr`."""
+    host, port = split_addr(addr)
+    if host in ("", "0.0.0.0", "::", "*"):
+        host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- ports --------------------------------------------------------------------------------------
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when a server is listening on host:port (or something else holds it)."""
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror:
+        return False  # the service reports an address it cannot use itself
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            # SO_REUSEADDR, as servers set it: connections in TIME_WAIT left by the previous run
+            # must not count as "in use", a listener must.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
+
+
+def _free_neighbour(host: str, port: int) -> int | None:
+    for candidate in range(port + 1, min(port + 50, 65535)):
+        if not port_in_use(host, candidate):
+            return candidate
+    return None
+
+
+def check_port(host: str, port: int, what: str, env_var: str, alternative: str) -> None:
+    """Fail with a message naming the variable to set when host:port is taken."""
+    if not port_in_use(host, port):
+        return
+    spare = _free_neighbour(host, port)
+    example = str(spare) if spare else "<a free port>"
+    if env_var == "BUDGET_ADDR":
+        example = f"{host or '0.0.0.0'}:{example}"
+    raise DevstackError(
+        f"port {port} on {host or '*'} ({what}) is already in use: is another `make run`"
+        f" still running? Otherwise set {env_var} to a free one, e.g.\n"
+        f"    {env_var}={example} make run\n"
+        f"{alternative}"
+    )
+
+
+# --- child processes ----------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
+    """A preexec_fn that makes the child receive `sig` when this process dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        # Runs in the child after fork (and after any setuid), before exec.
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+class _SupervisedServer(ServerProcess):
+    """A store whose process runs in its own session and dies with devstack.
+
+    Same as ServerProcess._spawn, plus `start_new_session` and the parent-death signal.
+    """
+
+    def _spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        user: int | None = None,
+        group: int | None = None,
+        extra_groups: list[int] | None = None,
+    ) -> None:
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+        self._log_offset = file_size(self.log_path)
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                user=user,
+                group=group,
+                extra_groups=extra_groups,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(self.stop_signal),
+            )
+
+    def recent_log(self) -> str:
+        """The log written since the last start."""
+        return log_tail(self.log_path, self._log_offset)
+
+
+class DevRedis(_SupervisedServer, RedisProcess):
+    """RedisProcess, supervised by devstack."""
+
+
+class DevPostgres(_SupervisedServer, PostgresProcess):
+    """PostgresProcess, supervised by devstack."""
+
+
+class ServiceProcess:
+    """`python -m budget_service` as a child; its output goes to our stdout and to a log file."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.env = dict(env)
+        self.log_path = log_path
+        self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pump: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "budget_service"],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # a traceback belongs in the tail too
+            start_new_session=True,
+            preexec_fn=_die_with_parent(signal.SIGTERM),
+        )
+        self._pump = threading.Thread(target=self._copy_output, name="service-log", daemon=True)
+        self._pump.start()
+
+    def _copy_output(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        out: IO[bytes] | None = sys.stdout.buffer
+        with self.log_path.open("ab") as log:
+            for line in iter(self._proc.stdout.readline, b""):
+                log.write(line)
+                log.flush()
+                self.tail.append(line.decode("utf-8", errors="replace").rstrip("\n"))
+                if out is not None:
+                    try:
+                        out.write(line)
+                        out.flush()
+                    except (BrokenPipeError, ValueError):
+                        out = None  # stdout went away (e.g. `make run | head`); keep the file
+
+    def poll(self) -> int | None:
+        return self._proc.poll() if self._proc else None
+
+    def stop(self, timeout: float) -> int | None:
+        """SIGTERM (the service drains in-flight calls), SIGKILL after `timeout`."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                say(f"the budget service did not stop within {timeout:g}s; killing it")
+                proc.kill()
+                proc.wait()
+        self.join_output()
+        return proc.returncode
+
+    def join_output(self) -> None:
+        if self._pump is not None:
+            self._pump.join(timeout=5)
+
+
+# --- the budget service's API -------------------------------------------------------------------
+
+
+def _exit_description(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited on its own with code {code}"
+
+
+def _channel(addr: str) -> grpc.Channel:
+    # No HTTP proxy for a local service, whatever http_proxy says.
+    return grpc.insecure_channel(dial_target(addr), options=[("grpc.enable_http_proxy", 0)])
+
+
+def wait_serving(addr: str, service: ServiceProcess, stop: threading.Event, timeout: float) -> None:
+    """Poll the gRPC health check until SERVING; bounded by `timeout`."""
+    deadline = time.monotonic() + timeout
+    with _channel(addr) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if stop.is_set():
+                raise StopRequested
+            code = service.poll()
+            if code is not None:
+                raise ChildDied(f"the budget service {_exit_description(code)} while starting")
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() >= deadline:
+                raise ChildDied(f"the budget service was not SERVING on {addr} within {timeout:g}s")
+            time.sleep(POLL_INTERVAL)
+
+
+def seed_demo(addr: str) -> list[tuple[pb.Budget, bool]]:
+    """Create the demo budgets that do not exist yet; (budget, created) for each."""
+    result: list[tuple[pb.Budget, bool]] = []
+    with _channel(addr) as channel:
+        admin = budget_pb2_grpc.BudgetAdminServiceStub(channel)  # type: ignore[no-untyped-call]
+        for budget in DEMO_BUDGETS:
+            try:
+                found = admin.GetBudget(
+                    pb.GetBudgetRequest(org=budget.org, budget_id=budget.id), timeout=RPC_TIMEOUT
+                )
+                result.append((found, False))
+                continue
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise ChildDied(
+                        f"seeding the demo org: GetBudget {budget.id} failed:"
+                        f" {exc.code().name} {exc.details()}"
+                    ) from exc
+            try:
+                created = admin.UpsertBudget(
+                    pb.UpsertBudgetRequest(budget=budget),
+                    timeout=RPC_TIMEOUT,
+                    metadata=(("x-actor", SEED_ACTOR),),
+                )
+            except grpc.RpcError as exc:
+                raise ChildDied(
+                    f"seeding the demo org: UpsertBudget {budget.id} failed:"
+                    f" {exc.code().name} {exc.details()}"
+                ) from exc
+            result.append((created, True))
+    return result
+
+
+# --- the stack ----------------------------------------------------------------------------------
+
+
+def _usd(nanos: int) -> str:
+    return f"${nanos // NANOS_PER_USD}.{nanos % NANOS_PER_USD // 10**7:02d}"
+
+
+def _describe(budget: pb.Budget) -> str:
+    scope = ",".join(f"{k}={v}" for k, v in sorted(budget.selector.items())) or "whole org"
+    period = pb.Period.Name(budget.period).removeprefix("PERIOD_").lower()
+    return f"{budget.id} ({scope}, {_usd(budget.limit_nanos)}/{period})"
+
+
+def _grpcurl() -> str:
+    if shutil.which("grpcurl"):
+        return "grpcurl"
+    bundled = Path(sys.executable).parent / "grpcurl"
+    if bundled.exists():
+        try:
+            return str(bundled.relative_to(Path.cwd()))
+        except ValueError:
+            return str(bundled)
+    return "grpcurl"
+
+
+class DevStack:
+    """Starts, watches and stops Redis, PostgreSQL and the budget service."""
+
+    def __init__(self, config: DevConfig, stop: threading.Event) -> None:
+        self.config = config
+        self.stop = stop
+        self.redis: DevRedis | None = None
+        self.postgres: DevPostgres | None = None
+        self.service: ServiceProcess | None = None
+        self.redis_url = config.redis_url
+        self.database_url = config.database_url
+
+    def run(self) -> int:
+        """Start everything, serve until a stop signal; the process exit status."""
+        failure: str | None = None
+        code = 0
+        try:
+            self._preflight()
+            self._start_stores()
+            self._start_service()
+            seeded = seed_demo(self.config.budget_addr)
+            self._banner(seeded)
+            self._supervise()
+        except StopRequested:
+            pass
+        except DevstackError as exc:
+            failure, code = str(exc), 2
+        except ChildDied as exc:
+            failure, code = str(exc), 1
+        finally:
+            self._shutdown()
+        if failure is not None:
+            if self.service is not None and self.service.poll() is not None:
+                lines = "\n".join(self.service.tail) or "<no output>"
+                failure += f"\n--- last lines of the budget service's log ---\n{lines}"
+            say(failure)
+        return code
+
+    def _preflight(self) -> None:
+        c = self.config
+        c.data_dir.mkdir(parents=True, exist_ok=True)
+        if not c.redis_url:
+            check_port(
+                STORE_HOST,
+                c.redis_port,
+                "devstack's Redis",
+                "DEV_REDIS_PORT",
+                "or set REDIS_URL to use a Redis of your own.",
+            )
+        if not c.database_url:
+            check_port(
+                STORE_HOST,
+                c.postgres_port,
+                "devstack's PostgreSQL",
+                "DEV_POSTGRES_PORT",
+                "or set DATABASE_URL to use a PostgreSQL of your own.",
+            )
+        host, port = split_addr(c.budget_addr)
+        check_port(host, port, "the budget service", "BUDGET_ADDR", "")
+
+    def _start_stores(self) -> None:
+        c = self.config
+        if not c.redis_url:
+            self.redis = DevRedis(
+                c.data_dir / "redis", c.redis_port, appendfsync="everysec", host=STORE_HOST
+            )
+            say(f"starting Redis on {STORE_HOST}:{c.redis_port} (data {self.redis.data_dir})")
+            try:
+                self.redis.start(timeout=REDIS_START_TIMEOUT)
+            except RuntimeError as exc:
+                raise DevstackError(f"Redis did not start: {exc}") from exc
+            self.redis_url = self.redis.url
+        if self.stop.is_set():
+            raise StopRequested
+        if not c.database_url:
+            self.postgres = DevPostgres(c.data_dir / "postgres", c.postgres_port, host=STORE_HOST)
+            say(
+                f"starting PostgreSQL on {STORE_HOST}:{c.postgres_port}"
+                f" (data {self.postgres.data_dir})"
+            )
+            try:
+                self.postgres.start(timeout=POSTGRES_START_TIMEOUT)
+            except RuntimeError as exc:
+                raise DevstackError(f"PostgreSQL did not start: {exc}") from exc
+            self.database_url = self.postgres.url
+        if self.stop.is_set():
+            raise StopRequested
+
+    def _start_service(self) -> None:
+        env = dict(os.environ)
+        env.update(
+            REDIS_URL=self.redis_url,
+            DATABASE_URL=self.database_url,
+            BUDGET_ADDR=self.config.budget_addr,
+            LOG_FORMAT=self.config.log_format,
+            PYTHONUNBUFFERED="1",
+        )
+        self.service = ServiceProcess(env, self.config.service_log)
+        say(f"starting the budget service on {self.config.budget_addr}")
+        self.service.start()
+        wait_serving(self.config.budget_addr, self.service, self.stop, SERVING_TIMEOUT)
+
+    def _banner(self, seeded: list[tuple[pb.Budget, bool]]) -> None:
+        c = self.config
+        addr = dial_target(c.budget_addr)
+        redis = (
+            f"{self.redis_url}  data {self.redis.data_dir} (AOF, appendfsync everysec)"
+            if self.redis
+            else f"{self.redis_url}  (yours, from REDIS_URL)"
+        )
+        postgres = (
+            f"{self.database_url}  data {self.postgres.data_dir}"
+            if self.postgres
+            else f"{self.database_url}  (yours, from DATABASE_URL)"
+        )
+        demo = ", ".join(
+            f"{_describe(b)} {'created' if created else 'kept as it was'}" for b, created in seeded
+        )
+        request = f'{{"org":"{DEMO_ORG}","budget_id":"{DEMO_BUDGETS[0].id}"}}'
+        print(
+            f"\nbudget service ready on {addr}  (gRPC, plaintext, reflection on)\n"
+            f"  redis       {redis}\n"
+            f"  postgresql  {postgres}\n"
+            f"  service log {c.service_log.absolute()}\n"
+            f"  demo org    {DEMO_ORG}: {demo}\n"
+            f"  try         {_grpcurl()} -plaintext -d '{request}' {addr}"
+            f" budget.v1.BudgetAdminService/GetBudgetStatus\n"
+            f"  walkthrough docs/walkthrough.md\n"
+            f"  stop        Ctrl-C (the service drains, then Redis and PostgreSQL stop;"
+            f" data is kept)\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _supervise(self) -> None:
+        """Wait for a stop signal, or for a child to exit on its own."""
+        assert self.service is not None
+        while not self.stop.wait(POLL_INTERVAL):
+            code = self.service.poll()
+            if code is not None:
+                raise ChildDied(f"the budget service {_exit_description(code)}")
+            for store in (self.redis, self.postgres):
+                if store is not None and not store.running:
+                    raise ChildDied(
+                        f"{store.name} exited on its own; see {store.log_path}\n"
+                        f"--- tail of {store.log_path} ---\n{store.recent_log()}"
+                    )
+
+    def _shutdown(self) -> None:
+        """The service first (it drains), then the stores. Idempotent."""
+        if self.service is not None:
+            if self.service.poll() is None:
+                say("stopping the budget service")
+            timeout = self.config.shutdown_grace_seconds + SERVICE_STOP_MARGIN
+            self.service.stop(timeout)
+        for store in (self.redis, self.postgres):
+            if store is not None and store.running:
+                say(f"stopping {store.name}")
+                store.stop(timeout=STORE_STOP_TIMEOUT)
+            elif store is not None:
+                store.stop()  # already exited: just clean up after it
+        if self.service or self.redis or self.postgres:
+            say(f"stopped; data kept in {self.config.data_dir.absolute()}")
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
+    if args:
+        print(USAGE, file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not stop.is_set():
+            os.write(2, f"\ndevstack: {signal.Signals(signum).name}: stopping\n".encode())
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    try:
+        config = DevConfig.from_env(os.environ, stdout_is_tty=sys.stdout.isatty())
+    except DevstackError as exc:
+        say(str(exc))
+        return 2
+    return DevStack(config, stop).run()
