@@ -6,7 +6,6 @@ import base64
 import binascii
 import json
 
-import grpc
 import redis.asyncio as aioredis
 
 from budget_service import keys
@@ -17,7 +16,7 @@ from budget_service.clock import Clock
 from budget_service.config_sync import ConfigSync
 from budget_service.errors import InvalidArgument, Unavailable, Unimplemented
 from budget_service.periods import bounds_ms
-from budget_service.rpc import rpc
+from budget_service.rpc import Context, rpc
 from budget_service.store import redis_call
 from genproto.budget.v1 import budget_pb2 as pb
 from genproto.budget.v1 import budget_pb2_grpc
@@ -26,7 +25,7 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
 
-def _actor(context: grpc.aio.ServicerContext) -> str:
+def _actor(context: Context) -> str:
     """Who made a change: the `x-actor` metadata a tool sends, else the peer address."""
     for key, value in context.invocation_metadata() or ():
         if key == "x-actor" and isinstance(value, str) and value:
@@ -55,16 +54,16 @@ def _after_id(token: str) -> str:
 class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
     """Upsert / Get / List / Delete budgets, and the status of a budget's current period."""
 
-    def __init__(self, repo: BudgetRepository, sync: ConfigSync, client: aioredis.Redis,
-                 clock: Clock) -> None:
+    def __init__(
+        self, repo: BudgetRepository, sync: ConfigSync, client: aioredis.Redis, clock: Clock
+    ) -> None:
         self.repo = repo
         self.sync = sync
         self.client = client
         self.clock = clock
 
     @rpc("UpsertBudget")
-    async def UpsertBudget(self, request: pb.UpsertBudgetRequest,
-                           context: grpc.aio.ServicerContext) -> pb.Budget:
+    async def UpsertBudget(self, request: pb.UpsertBudgetRequest, context: Context) -> pb.Budget:
         budget = validate_budget(request.budget)
         config = await self.repo.upsert(budget, _actor(context))
         try:
@@ -77,28 +76,30 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
         return config.to_proto()
 
     @rpc("GetBudget")
-    async def GetBudget(self, request: pb.GetBudgetRequest,
-                        context: grpc.aio.ServicerContext) -> pb.Budget:
+    async def GetBudget(self, request: pb.GetBudgetRequest, context: Context) -> pb.Budget:
         org = v.require_id("org", request.org)
         budget_id = v.require_id("budget_id", request.budget_id)
         return (await self.repo.get(org, budget_id)).to_proto()
 
     @rpc("ListBudgets")
-    async def ListBudgets(self, request: pb.ListBudgetsRequest,
-                          context: grpc.aio.ServicerContext) -> pb.ListBudgetsResponse:
+    async def ListBudgets(
+        self, request: pb.ListBudgetsRequest, context: Context
+    ) -> pb.ListBudgetsResponse:
         org = v.require_id("org", request.org)
         if request.page_size < 0 or request.page_size > MAX_PAGE:
-            raise InvalidArgument("page_size", f"is {request.page_size}; use 1 to {MAX_PAGE}"
-                                  f" (0 means {DEFAULT_PAGE})")
+            raise InvalidArgument(
+                "page_size", f"is {request.page_size}; use 1 to {MAX_PAGE} (0 means {DEFAULT_PAGE})"
+            )
         size = request.page_size or DEFAULT_PAGE
-        rows = await self.repo.list(org, after_id=_after_id(request.page_token), limit=size + 1)
+        rows = await self.repo.page(org, after_id=_after_id(request.page_token), limit=size + 1)
         page = rows[:size]
         token = _page_token(page[-1].id) if len(rows) > size else ""
         return pb.ListBudgetsResponse(budgets=[b.to_proto() for b in page], next_page_token=token)
 
     @rpc("DeleteBudget")
-    async def DeleteBudget(self, request: pb.DeleteBudgetRequest,
-                           context: grpc.aio.ServicerContext) -> pb.DeleteBudgetResponse:
+    async def DeleteBudget(
+        self, request: pb.DeleteBudgetRequest, context: Context
+    ) -> pb.DeleteBudgetResponse:
         org = v.require_id("org", request.org)
         budget_id = v.require_id("budget_id", request.budget_id)
         config = await self.repo.delete(org, budget_id, _actor(context))
@@ -106,8 +107,9 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
         return pb.DeleteBudgetResponse()
 
     @rpc("GetBudgetStatus")
-    async def GetBudgetStatus(self, request: pb.GetBudgetStatusRequest,
-                              context: grpc.aio.ServicerContext) -> pb.BudgetStatus:
+    async def GetBudgetStatus(
+        self, request: pb.GetBudgetStatusRequest, context: Context
+    ) -> pb.BudgetStatus:
         org = v.require_id("org", request.org)
         budget_id = v.require_id("budget_id", request.budget_id)
         config = await self.repo.get(org, budget_id)
@@ -135,8 +137,9 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
         return status
 
     @rpc("GetSpendReport")
-    async def GetSpendReport(self, request: pb.GetSpendReportRequest,
-                             context: grpc.aio.ServicerContext) -> pb.SpendReport:
+    async def GetSpendReport(
+        self, request: pb.GetSpendReportRequest, context: Context
+    ) -> pb.SpendReport:
         v.require_id("org", request.org)
         raise Unimplemented(
             "spend reports are computed from the PostgreSQL ledger, which this release does not"

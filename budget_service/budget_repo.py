@@ -48,16 +48,24 @@ class BudgetRepository:
     async def upsert(self, budget: pb.Budget, actor: str) -> BudgetConfig:
         """Create or replace a (validated) budget; the version goes up by one."""
         async with _guard(), self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
-                               f"{budget.org}/{budget.id}")
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))", f"{budget.org}/{budget.id}"
+            )
             before_row = await conn.fetchrow(
                 f"SELECT {COLUMNS} FROM budgets WHERE org = $1 AND id = $2",
-                budget.org, budget.id,
+                budget.org,
+                budget.id,
             )
             values: list[Any] = [
-                budget.org, budget.id, json.dumps(dict(budget.selector), sort_keys=True),
-                budget.limit_nanos, budget.period, budget.timezone, budget.mode,
-                list(budget.alert_thresholds_percent), budget.overdraft_nanos,
+                budget.org,
+                budget.id,
+                json.dumps(dict(budget.selector), sort_keys=True),
+                budget.limit_nanos,
+                budget.period,
+                budget.timezone,
+                budget.mode,
+                list(budget.alert_thresholds_percent),
+                budget.overdraft_nanos,
             ]
             if before_row is None:
                 row = await conn.fetchrow(
@@ -76,8 +84,9 @@ class BudgetRepository:
                 )
             before = None if before_row is None else _row_to_config(before_row)
             after = _row_to_config(row)
-            await self._audit(conn, after, "create" if before is None else "update", actor,
-                              before, after)
+            await self._audit(
+                conn, after, "create" if before is None else "update", actor, before, after
+            )
             return after
 
     async def delete(self, org: str, budget_id: str, actor: str) -> BudgetConfig:
@@ -85,7 +94,8 @@ class BudgetRepository:
         async with _guard(), self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"DELETE FROM budgets WHERE org = $1 AND id = $2 RETURNING {COLUMNS}",
-                org, budget_id,
+                org,
+                budget_id,
             )
             if row is None:
                 raise _not_found(org, budget_id)
@@ -103,12 +113,14 @@ class BudgetRepository:
             raise _not_found(org, budget_id)
         return _row_to_config(row)
 
-    async def list(self, org: str, *, after_id: str, limit: int) -> list[BudgetConfig]:
+    async def page(self, org: str, *, after_id: str, limit: int) -> list[BudgetConfig]:
         """Up to `limit` budgets of an org with ids after `after_id`, ordered by id."""
         async with _guard():
             rows = await self.pool.fetch(
                 f"SELECT {COLUMNS} FROM budgets WHERE org = $1 AND id > $2 ORDER BY id LIMIT $3",
-                org, after_id, limit,
+                org,
+                after_id,
+                limit,
             )
         return [_row_to_config(r) for r in rows]
 
@@ -127,17 +139,29 @@ class BudgetRepository:
             rows = await self.pool.fetch(
                 "SELECT action, actor, at, before, after FROM budget_audit"
                 " WHERE org = $1 AND budget_id = $2 ORDER BY id",
-                org, budget_id,
+                org,
+                budget_id,
             )
         return [dict(r) for r in rows]
 
     @staticmethod
-    async def _audit(conn: asyncpg.Connection, config: BudgetConfig, action: str, actor: str,
-                     before: BudgetConfig | None, after: BudgetConfig | None) -> None:
+    async def _audit(
+        conn: asyncpg.Connection,
+        config: BudgetConfig,
+        action: str,
+        actor: str,
+        before: BudgetConfig | None,
+        after: BudgetConfig | None,
+    ) -> None:
         await conn.execute(
             "INSERT INTO budget_audit (org, budget_id, action, actor, before, after)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
-            config.org, config.id, action, actor, _audit_json(before), _audit_json(after),
+            config.org,
+            config.id,
+            action,
+            actor,
+            _audit_json(before),
+            _audit_json(after),
         )
 
 
@@ -147,11 +171,18 @@ class _guard:
     async def __aenter__(self) -> None:
         return None
 
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: object) -> None:
-        if isinstance(exc, (OSError, asyncpg.exceptions.ConnectionDoesNotExistError,
-                            asyncpg.exceptions.CannotConnectNowError,
-                            asyncpg.exceptions.InterfaceError)):
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if isinstance(
+            exc,
+            (
+                OSError,
+                asyncpg.exceptions.ConnectionDoesNotExistError,
+                asyncpg.exceptions.CannotConnectNowError,
+                asyncpg.exceptions.InterfaceError,
+            ),
+        ):
             raise Unavailable(f"PostgreSQL is unreachable: {exc}") from exc
 
 

@@ -13,7 +13,7 @@ from genproto.budget.v1 import budget_pb2 as pb
 
 MAX_LIMIT_NANOS = 2**62  # int64 counters then have room for holds and overage on top
 DEFAULT_THRESHOLDS = (50, 75, 90, 100)
-MODE_NAMES = {pb.MODE_HARD: "hard", pb.MODE_SOFT: "soft", pb.MODE_SHADOW: "shadow"}
+MODE_NAMES: dict[int, str] = {pb.MODE_HARD: "hard", pb.MODE_SOFT: "soft", pb.MODE_SHADOW: "shadow"}
 MODES_BY_NAME = {name: mode for mode, name in MODE_NAMES.items()}
 
 
@@ -93,9 +93,9 @@ class BudgetConfig:
             org=self.org,
             selector=self.selector,
             limit_nanos=self.limit_nanos,
-            period=self.period,
+            period=self.period,  # type: ignore[arg-type]
             timezone=self.timezone,
-            mode=self.mode,
+            mode=self.mode,  # type: ignore[arg-type]
             alert_thresholds_percent=self.alert_thresholds_percent,
             overdraft_nanos=self.overdraft_nanos,
             version=self.version,

@@ -25,8 +25,15 @@ class ConfigSync:
         await self.scripts.run(
             "upsert_budget",
             [keys.config(config.org), keys.budget(config.org, config.uid)],
-            [config.uid, config.to_json(), config.id, config.limit_nanos,
-             config.overdraft_nanos, config.mode_name, config.version],
+            [
+                config.uid,
+                config.to_json(),
+                config.id,
+                config.limit_nanos,
+                config.overdraft_nanos,
+                config.mode_name,
+                config.version,
+            ],
         )
 
     async def remove(self, config: BudgetConfig) -> None:
@@ -49,13 +56,23 @@ class ConfigSync:
             drop = [uid for uid in present if uid != "_v" and uid not in keep]
             args: list[str | int] = [len(budgets)]
             for b in budgets:
-                args += [b.uid, b.to_json(), b.id, b.limit_nanos, b.overdraft_nanos, b.mode_name,
-                         b.version]
+                args += [
+                    b.uid,
+                    b.to_json(),
+                    b.id,
+                    b.limit_nanos,
+                    b.overdraft_nanos,
+                    b.mode_name,
+                    b.version,
+                ]
             args += drop
             await self.scripts.run(
                 "sync_org",
-                [keys.config(org), *(keys.budget(org, b.uid) for b in budgets),
-                 *(keys.budget(org, uid) for uid in drop)],
+                [
+                    keys.config(org),
+                    *(keys.budget(org, b.uid) for b in budgets),
+                    *(keys.budget(org, uid) for uid in drop),
+                ],
                 args,
             )
             if budgets:

@@ -52,8 +52,15 @@ class Balance:
     @classmethod
     def from_script(cls, row: list[Any]) -> Balance:
         budget_id, limit, od, mode, spent, reserved, exceeded = row
-        return cls(budget_id, int(limit), int(od), MODES_BY_NAME[mode], int(spent), int(reserved),
-                   bool(exceeded))
+        return cls(
+            budget_id,
+            int(limit),
+            int(od),
+            MODES_BY_NAME[mode],
+            int(spent),
+            int(reserved),
+            bool(exceeded),
+        )
 
 
 @dataclass(frozen=True)
@@ -80,8 +87,9 @@ def _balances(rows: Any) -> list[Balance]:
 class Engine:
     """Reserve, commit, release, refund, extend and expire against Redis."""
 
-    def __init__(self, scripts: Scripts, cache: ConfigCache, clock: Clock, *,
-                 retention_ms: int) -> None:
+    def __init__(
+        self, scripts: Scripts, cache: ConfigCache, clock: Clock, *, retention_ms: int
+    ) -> None:
         self.scripts = scripts
         self.cache = cache
         self.clock = clock
@@ -96,9 +104,17 @@ class Engine:
             self._uids.clear()
         self._uids[(org, reservation_id)] = uids
 
-    async def reserve(self, org: str, reservation_id: str, fingerprint: str,
-                      pairs: frozenset[tuple[str, str]], amount: Nanos, *, critical: bool,
-                      ttl_ms: int) -> Reserved:
+    async def reserve(
+        self,
+        org: str,
+        reservation_id: str,
+        fingerprint: str,
+        pairs: frozenset[tuple[str, str]],
+        amount: Nanos,
+        *,
+        critical: bool,
+        ttl_ms: int,
+    ) -> Reserved:
         """Hold `amount` on every budget covering the subject, or raise BudgetExceeded."""
         if org not in self._listed_orgs:
             await redis_call(self.scripts.client.sadd(keys.ORGS, org))
@@ -108,15 +124,27 @@ class Engine:
             now = self.clock.now_ms()
             expires = now + ttl_ms
             covering = config.covering(pairs)
-            args: list[str | int] = [config.version, reservation_id, fingerprint, amount,
-                                     "1" if critical else "0", now, expires, self.retention_ms,
-                                     len(covering)]
+            args: list[str | int] = [
+                config.version,
+                reservation_id,
+                fingerprint,
+                amount,
+                "1" if critical else "0",
+                now,
+                expires,
+                self.retention_ms,
+                len(covering),
+            ]
             for b in covering:
                 args += [b.uid, bounds_ms(b.period, b.timezone, now)[0]]
             reply = await self.scripts.run(
                 "reserve",
-                [keys.config(org), keys.reservation(org, reservation_id), keys.expiries(org),
-                 *(keys.budget(org, b.uid) for b in covering)],
+                [
+                    keys.config(org),
+                    keys.reservation(org, reservation_id),
+                    keys.expiries(org),
+                    *(keys.budget(org, b.uid) for b in covering),
+                ],
                 args,
             )
             status = reply[0]
@@ -130,8 +158,11 @@ class Engine:
                 )
             if status == "REFUSED":
                 refusals = [
-                    Refusal(b.budget_id, b.limit_nanos,
-                            b.remaining_nanos + (b.overdraft_nanos if critical else 0))
+                    Refusal(
+                        b.budget_id,
+                        b.limit_nanos,
+                        b.remaining_nanos + (b.overdraft_nanos if critical else 0),
+                    )
                     for b in _balances(reply[1])
                 ]
                 raise BudgetExceeded(refusals, amount)
@@ -147,8 +178,9 @@ class Engine:
             starts.append(bounds_ms(b.period, b.timezone, now)[0] if b else 0)
         return starts
 
-    async def commit(self, org: str, reservation_id: str, fingerprint: str,
-                     actual: Nanos) -> Committed:
+    async def commit(
+        self, org: str, reservation_id: str, fingerprint: str, actual: Nanos
+    ) -> Committed:
         """Charge `actual`, give back the hold; a retry answers the first commit's result."""
         uids = self._uids.get((org, reservation_id), "")
         config = await self.cache.get(org)
@@ -157,10 +189,23 @@ class Engine:
             periods = self._periods(config, uids, now)
             reply = await self.scripts.run(
                 "commit",
-                [keys.config(org), keys.reservation(org, reservation_id), keys.expiries(org),
-                 *(keys.budget(org, u) for u in _split(uids))],
-                [config.version, reservation_id, fingerprint, actual, now, self.retention_ms,
-                 uids, len(periods), *periods],
+                [
+                    keys.config(org),
+                    keys.reservation(org, reservation_id),
+                    keys.expiries(org),
+                    *(keys.budget(org, u) for u in _split(uids)),
+                ],
+                [
+                    config.version,
+                    reservation_id,
+                    fingerprint,
+                    actual,
+                    now,
+                    self.retention_ms,
+                    uids,
+                    len(periods),
+                    *periods,
+                ],
             )
             status = reply[0]
             if status == "KEYS":
@@ -185,8 +230,13 @@ class Engine:
             charged, hold, released, late, rows = reply[1]
             charged_n, hold_n = int(charged), int(hold)
             overage = max(0, charged_n - hold_n)
-            return Committed(charged_n, int(released) - min(int(released), charged_n),
-                             overage, bool(late), _balances(rows))
+            return Committed(
+                charged_n,
+                int(released) - min(int(released), charged_n),
+                overage,
+                bool(late),
+                _balances(rows),
+            )
         raise Unavailable("reservation changed during the call; retry it")
 
     async def release(self, org: str, reservation_id: str) -> Nanos:
@@ -215,8 +265,11 @@ class Engine:
                 head.append(now)
             reply = await self.scripts.run(
                 name,
-                [keys.reservation(org, reservation_id), keys.expiries(org),
-                 *(keys.budget(org, u) for u in _split(uids))],
+                [
+                    keys.reservation(org, reservation_id),
+                    keys.expiries(org),
+                    *(keys.budget(org, u) for u in _split(uids)),
+                ],
                 [*head, self.retention_ms, uids, len(_split(uids))],
             )
             if reply[0] == "KEYS":
@@ -227,8 +280,7 @@ class Engine:
             return reply
         raise Unavailable("reservation changed during the call; retry it")
 
-    async def refund(self, org: str, reservation_id: str, refund_id: str,
-                     amount: Nanos) -> Nanos:
+    async def refund(self, org: str, reservation_id: str, refund_id: str, amount: Nanos) -> Nanos:
         """Credit back up to `amount` of a committed charge; idempotent by refund_id."""
         uids = ""
         config = await self.cache.get(org)
@@ -237,10 +289,20 @@ class Engine:
             periods = self._periods(config, uids, now)
             reply = await self.scripts.run(
                 "refund",
-                [keys.config(org), keys.reservation(org, reservation_id),
-                 *(keys.budget(org, u) for u in _split(uids))],
-                [config.version, refund_id, amount, self.retention_ms, uids, len(periods),
-                 *periods],
+                [
+                    keys.config(org),
+                    keys.reservation(org, reservation_id),
+                    *(keys.budget(org, u) for u in _split(uids)),
+                ],
+                [
+                    config.version,
+                    refund_id,
+                    amount,
+                    self.retention_ms,
+                    uids,
+                    len(periods),
+                    *periods,
+                ],
             )
             status = reply[0]
             if status == "KEYS":

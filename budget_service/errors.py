@@ -1,14 +1,14 @@
 """The service's errors and the one place they become gRPC status codes.
 
-    BudgetServiceError                    base; never raised itself
-    ├── InvalidArgument(field)            INVALID_ARGUMENT   + google.rpc.BadRequest
-    ├── NotFound                          NOT_FOUND
-    ├── IdempotencyConflict               ALREADY_EXISTS     (same id, different content)
-    ├── FailedPrecondition                FAILED_PRECONDITION (wrong reservation state)
-    ├── BudgetExceeded(refusals)          RESOURCE_EXHAUSTED + QuotaFailure + ErrorInfo
-    ├── Unavailable                       UNAVAILABLE        (Redis or PostgreSQL unreachable)
-    ├── Unimplemented                     UNIMPLEMENTED      (a contract method not served yet)
-    └── ConfigError                       startup only: a bad setting, the process exits
+BudgetServiceError                    base; never raised itself
+├── InvalidArgument(field)            INVALID_ARGUMENT   + google.rpc.BadRequest
+├── NotFound                          NOT_FOUND
+├── IdempotencyConflict               ALREADY_EXISTS     (same id, different content)
+├── FailedPrecondition                FAILED_PRECONDITION (wrong reservation state)
+├── BudgetExceeded(refusals)          RESOURCE_EXHAUSTED + QuotaFailure + ErrorInfo
+├── Unavailable                       UNAVAILABLE        (Redis or PostgreSQL unreachable)
+├── Unimplemented                     UNIMPLEMENTED      (a contract method not served yet)
+└── ConfigError                       startup only: a bad setting, the process exits
 """
 
 from __future__ import annotations
@@ -120,8 +120,7 @@ class BudgetExceeded(BudgetServiceError):
                 error_details_pb2.QuotaFailure.Violation(
                     subject=r.budget_id,
                     description=(
-                        f"remaining_nanos={max(r.remaining_nanos, 0)} "
-                        f"limit_nanos={r.limit_nanos}"
+                        f"remaining_nanos={max(r.remaining_nanos, 0)} limit_nanos={r.limit_nanos}"
                     ),
                 )
                 for r in self.refusals

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 
-import grpc
 from google.protobuf import duration_pb2
 
 from budget_service import validation as v
 from budget_service.budgets import subject_pairs
 from budget_service.engine import Balance, Engine
 from budget_service.errors import InvalidArgument
-from budget_service.rpc import rpc
+from budget_service.rpc import Context, rpc
 from budget_service.settings import Settings
 from genproto.budget.v1 import budget_pb2 as pb
 from genproto.budget.v1 import budget_pb2_grpc
@@ -67,8 +66,7 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
         return v.check_amount(field, value, self.settings.max_amount_nanos)
 
     @rpc("Reserve")
-    async def Reserve(self, request: pb.ReserveRequest,
-                      context: grpc.aio.ServicerContext) -> pb.ReserveResponse:
+    async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.ReserveResponse:
         org = v.require_id("subject.org", request.subject.org)
         rid = v.require_id("reservation_id", request.reservation_id)
         pairs = subject_pairs(request.subject)
@@ -77,24 +75,32 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
             raise InvalidArgument("amount_nanos", "is required: the estimated cost in nano-USD")
         if kind == "usage":
             raise InvalidArgument(
-                "usage", "token estimates need the pricing service, which is not deployed yet;"
-                " send amount_nanos"
+                "usage",
+                "token estimates need the pricing service, which is not deployed yet;"
+                " send amount_nanos",
             )
         amount = self._amount("amount_nanos", request.amount_nanos)
         ttl_ms = self._ttl_ms("ttl", request.ttl, request.HasField("ttl"))
         v.check_enum("priority", request.priority, PRIORITIES)
         held = await self.engine.reserve(
-            org, rid, _fingerprint(request), pairs, amount,
-            critical=request.priority == pb.PRIORITY_CRITICAL, ttl_ms=ttl_ms,
+            org,
+            rid,
+            _fingerprint(request),
+            pairs,
+            amount,
+            critical=request.priority == pb.PRIORITY_CRITICAL,
+            ttl_ms=ttl_ms,
         )
-        response = pb.ReserveResponse(reservation_id=rid, reserved_nanos=held.amount_nanos,
-                                      budgets=balances_to_proto(held.budgets))
+        response = pb.ReserveResponse(
+            reservation_id=rid,
+            reserved_nanos=held.amount_nanos,
+            budgets=balances_to_proto(held.budgets),
+        )
         response.expires_at.FromMilliseconds(held.expires_at_ms)
         return response
 
     @rpc("Commit")
-    async def Commit(self, request: pb.CommitRequest,
-                     context: grpc.aio.ServicerContext) -> pb.CommitResponse:
+    async def Commit(self, request: pb.CommitRequest, context: Context) -> pb.CommitResponse:
         org = v.require_id("org", request.org)
         rid = v.require_id("reservation_id", request.reservation_id)
         kind = request.WhichOneof("actual")
@@ -102,38 +108,39 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
             raise InvalidArgument("actual_nanos", "is required: the actual cost in nano-USD")
         if kind == "usage":
             raise InvalidArgument(
-                "usage", "token usage needs the pricing service, which is not deployed yet;"
-                " send actual_nanos"
+                "usage",
+                "token usage needs the pricing service, which is not deployed yet;"
+                " send actual_nanos",
             )
         actual = self._amount("actual_nanos", request.actual_nanos)
         done = await self.engine.commit(org, rid, str(actual), actual)
         return pb.CommitResponse(
-            charged_nanos=done.charged_nanos, released_nanos=done.released_nanos,
-            overage_nanos=done.overage_nanos, late=done.late,
+            charged_nanos=done.charged_nanos,
+            released_nanos=done.released_nanos,
+            overage_nanos=done.overage_nanos,
+            late=done.late,
             budgets=balances_to_proto(done.budgets),
         )
 
     @rpc("Release")
-    async def Release(self, request: pb.ReleaseRequest,
-                      context: grpc.aio.ServicerContext) -> pb.ReleaseResponse:
+    async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.ReleaseResponse:
         org = v.require_id("org", request.org)
         rid = v.require_id("reservation_id", request.reservation_id)
         return pb.ReleaseResponse(released_nanos=await self.engine.release(org, rid))
 
     @rpc("Refund")
-    async def Refund(self, request: pb.RefundRequest,
-                     context: grpc.aio.ServicerContext) -> pb.RefundResponse:
+    async def Refund(self, request: pb.RefundRequest, context: Context) -> pb.RefundResponse:
         org = v.require_id("org", request.org)
         rid = v.require_id("reservation_id", request.reservation_id)
         refund_id = v.require_id("refund_id", request.refund_id)
-        amount = v.check_amount("amount_nanos", request.amount_nanos,
-                                self.settings.max_amount_nanos, allow_zero=False)
+        amount = v.check_amount(
+            "amount_nanos", request.amount_nanos, self.settings.max_amount_nanos, allow_zero=False
+        )
         refunded = await self.engine.refund(org, rid, refund_id, amount)
         return pb.RefundResponse(refunded_nanos=refunded)
 
     @rpc("Extend")
-    async def Extend(self, request: pb.ExtendRequest,
-                     context: grpc.aio.ServicerContext) -> pb.ExtendResponse:
+    async def Extend(self, request: pb.ExtendRequest, context: Context) -> pb.ExtendResponse:
         org = v.require_id("org", request.org)
         rid = v.require_id("reservation_id", request.reservation_id)
         if not request.HasField("ttl"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 import structlog
@@ -16,7 +16,8 @@ log = structlog.get_logger("budget_service.rpc")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Handler = Callable[[Any, Req, Context], Awaitable[Resp]]
 
 
 def _org(request: Any) -> str:
@@ -34,14 +35,14 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
 
     def decorate(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         @functools.wraps(handler)
-        async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        async def wrapper(self: Any, request: Req, context: Context) -> Resp:
             start = time.perf_counter()
             outcome = "OK"
             try:
                 return await handler(self, request, context)
             except BudgetServiceError as err:
                 outcome = err.code.name
-                await context.abort_with_status(to_grpc_status(err))
+                await context.abort_with_status(to_grpc_status(err))  # type: ignore[attr-defined]
                 raise  # unreachable: abort_with_status raises
             except Exception:
                 outcome = "INTERNAL"
@@ -49,8 +50,13 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the log")
                 raise
             finally:
-                log.info("rpc", method=method, org=_org(request), outcome=outcome,
-                         latency_ms=round((time.perf_counter() - start) * 1000, 3))
+                log.info(
+                    "rpc",
+                    method=method,
+                    org=_org(request),
+                    outcome=outcome,
+                    latency_ms=round((time.perf_counter() - start) * 1000, 3),
+                )
 
         return wrapper
 

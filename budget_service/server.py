@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import grpc
+import grpc.aio
 import redis.asyncio as aioredis
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # stale stubs
 from grpc_reflection.v1alpha import reflection
 
 from budget_service import db, store
@@ -43,7 +46,7 @@ class App:
     pool: asyncpg.Pool
     engine: Engine
     sweeper: Sweeper
-    health: health.aio.HealthServicer
+    health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def stop(self) -> None:
@@ -68,8 +71,11 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
             "REDIS_URL and DATABASE_URL must be set (or use `make run`, which starts both)"
         )
     clock = clock or SystemClock()
-    redis = store.connect(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds,
-                          pool_size=settings.redis_pool_size)
+    redis = store.connect(
+        settings.redis_url,
+        timeout_seconds=settings.redis_timeout_seconds,
+        pool_size=settings.redis_pool_size,
+    )
     scripts = store.Scripts(redis)
     await scripts.load()
     pool = await db.connect(settings.database_url)
@@ -78,14 +84,17 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     sync = ConfigSync(scripts)
     await sync.reconcile(repo)
 
-    engine = Engine(scripts, ConfigCache(redis), clock,
-                    retention_ms=int(settings.retention_seconds * 1000))
+    engine = Engine(
+        scripts, ConfigCache(redis), clock, retention_ms=int(settings.retention_seconds * 1000)
+    )
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-    budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetService(engine, settings), server)
-    budget_pb2_grpc.add_BudgetAdminServiceServicer_to_server(
+    budget_pb2_grpc.add_BudgetServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        BudgetService(engine, settings), server
+    )
+    budget_pb2_grpc.add_BudgetAdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
         BudgetAdminService(repo, sync, redis, clock), server
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -44,7 +44,9 @@ class Scripts:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self.sources = {name: script_source(name) for name in SCRIPT_NAMES}
-        self.shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self.sources.items()}
+        self.shas = {
+            name: hashlib.sha1(src.encode()).hexdigest() for name, src in self.sources.items()
+        }
 
     async def load(self) -> None:
         """Load every script into Redis (also checks that each one compiles)."""

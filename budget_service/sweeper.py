@@ -20,8 +20,9 @@ BATCH = 500  # per org and pass: a backlog drains over passes instead of blockin
 class Sweeper:
     """Finds reservations past their expiry (ZRANGEBYSCORE, never a key scan) and expires them."""
 
-    def __init__(self, client: aioredis.Redis, engine: Engine, clock: Clock,
-                 interval_seconds: float) -> None:
+    def __init__(
+        self, client: aioredis.Redis, engine: Engine, clock: Clock, interval_seconds: float
+    ) -> None:
         self.client = client
         self.engine = engine
         self.clock = clock
@@ -34,8 +35,9 @@ class Sweeper:
         orgs: set[str] = await redis_call(self.client.smembers(keys.ORGS))
         for org in orgs:
             due: list[str] = await redis_call(
-                self.client.zrangebyscore(keys.expiries(org), "-inf", self.clock.now_ms(),
-                                          start=0, num=BATCH)
+                self.client.zrangebyscore(
+                    keys.expiries(org), "-inf", self.clock.now_ms(), start=0, num=BATCH
+                )
             )
             for reservation_id in due:
                 if await self.engine.expire(org, reservation_id):

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2_grpc
 
 from budget_service import logs, server
 from budget_service.clock import OffsetClock
 from budget_service.settings import Settings
 from devstack import PostgresProcess, RedisProcess, free_port
 from genproto.budget.v1 import budget_pb2_grpc
-from grpc_health.v1 import health_pb2_grpc
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -25,8 +25,13 @@ def rid(prefix: str = "r") -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-async def upsert(admin: budget_pb2_grpc.BudgetAdminServiceStub, org: str, budget_id: str,
-                 limit_nanos: int, **fields: object) -> pb.Budget:
+async def upsert(
+    admin: budget_pb2_grpc.BudgetAdminServiceStub,
+    org: str,
+    budget_id: str,
+    limit_nanos: int,
+    **fields: object,
+) -> pb.Budget:
     """Create or replace a budget (period defaults to PERIOD_NONE so tests never roll over)."""
     fields.setdefault("period", pb.PERIOD_NONE)
     budget = pb.Budget(id=budget_id, org=org, limit_nanos=limit_nanos, **fields)  # type: ignore[arg-type]
@@ -34,8 +39,13 @@ async def upsert(admin: budget_pb2_grpc.BudgetAdminServiceStub, org: str, budget
     return result
 
 
-async def reserve(stub: budget_pb2_grpc.BudgetServiceStub, org: str, amount_nanos: int,
-                  reservation_id: str | None = None, **subject: object) -> pb.ReserveResponse:
+async def reserve(
+    stub: budget_pb2_grpc.BudgetServiceStub,
+    org: str,
+    amount_nanos: int,
+    reservation_id: str | None = None,
+    **subject: object,
+) -> pb.ReserveResponse:
     tags = subject.pop("tags", {})
     priority = subject.pop("priority", pb.PRIORITY_UNSPECIFIED)
     request = pb.ReserveRequest(
@@ -48,8 +58,9 @@ async def reserve(stub: budget_pb2_grpc.BudgetServiceStub, org: str, amount_nano
     return response
 
 
-async def status(admin: budget_pb2_grpc.BudgetAdminServiceStub, org: str,
-                 budget_id: str) -> pb.BudgetStatus:
+async def status(
+    admin: budget_pb2_grpc.BudgetAdminServiceStub, org: str, budget_id: str
+) -> pb.BudgetStatus:
     result: pb.BudgetStatus = await admin.GetBudgetStatus(
         pb.GetBudgetStatusRequest(org=org, budget_id=budget_id)
     )

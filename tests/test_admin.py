@@ -16,8 +16,9 @@ from tests.helpers import reserve, status, upsert, usd
 
 
 async def test_upsert_fills_defaults_and_bumps_the_version(admin, org):
-    created = await admin.UpsertBudget(pb.UpsertBudgetRequest(
-        budget=pb.Budget(org=org, id="b1", limit_nanos=usd("5"))))
+    created = await admin.UpsertBudget(
+        pb.UpsertBudgetRequest(budget=pb.Budget(org=org, id="b1", limit_nanos=usd("5")))
+    )
     assert created.period == pb.PERIOD_MONTH
     assert created.mode == pb.MODE_HARD
     assert created.timezone == "UTC"
@@ -53,8 +54,9 @@ async def test_list_budgets_pages_through_every_budget_in_id_order(admin, org):
     seen: list[str] = []
     token = ""
     for _ in range(10):
-        page = await admin.ListBudgets(pb.ListBudgetsRequest(org=org, page_size=3,
-                                                             page_token=token))
+        page = await admin.ListBudgets(
+            pb.ListBudgetsRequest(org=org, page_size=3, page_token=token)
+        )
         seen += [b.id for b in page.budgets]
         token = page.next_page_token
         if not token:
@@ -76,8 +78,9 @@ async def test_recreated_budget_starts_afresh_and_old_holds_never_touch_it(budge
     old = await reserve(budgets, org, usd("0.50"))
     await admin.DeleteBudget(pb.DeleteBudgetRequest(org=org, budget_id="cap"))
     await upsert(admin, org, "cap", usd("1"))
-    await budgets.Commit(pb.CommitRequest(org=org, reservation_id=old.reservation_id,
-                                          actual_nanos=usd("0.50")))
+    await budgets.Commit(
+        pb.CommitRequest(org=org, reservation_id=old.reservation_id, actual_nanos=usd("0.50"))
+    )
     st = await status(admin, org, "cap")
     assert (st.spent_nanos, st.reserved_nanos) == (0, 0)
 
@@ -85,16 +88,15 @@ async def test_recreated_budget_starts_afresh_and_old_holds_never_touch_it(budge
 async def test_status_reports_utilization_and_the_alert_threshold_reached(budgets, admin, org):
     await upsert(admin, org, "cap", usd("1"))
     held = await reserve(budgets, org, usd("0.80"))
-    await budgets.Commit(pb.CommitRequest(org=org, reservation_id=held.reservation_id,
-                                          actual_nanos=usd("0.76")))
+    await budgets.Commit(
+        pb.CommitRequest(org=org, reservation_id=held.reservation_id, actual_nanos=usd("0.76"))
+    )
     st = await status(admin, org, "cap")
     assert (st.utilization_percent, st.alert_threshold_reached_percent) == (76, 75)
     assert st.remaining_nanos == usd("0.24")
 
 
-async def test_budget_added_through_another_replica_is_enforced_at_once(
-    stack, budgets, admin, org
-):
+async def test_budget_added_through_another_replica_is_enforced_at_once(stack, budgets, admin, org):
     await upsert(admin, org, "org-cap", usd("10"))
     await reserve(budgets, org, usd("0.01"))  # this replica now caches the org's config
     other = await server.start(service_settings(stack))
@@ -122,8 +124,9 @@ async def test_start_reconciles_redis_config_from_postgres(stack, app, budgets, 
     restarted = await server.start(service_settings(stack))
     try:
         reconciled = await app.redis.hgetall(keys.config(org))
-        ids = sorted(raw.split('"id":"')[1].split('"')[0]
-                     for uid, raw in reconciled.items() if uid != "_v")
+        ids = sorted(
+            raw.split('"id":"')[1].split('"')[0] for uid, raw in reconciled.items() if uid != "_v"
+        )
         assert ids == ["cap"]
     finally:
         await restarted.stop()

@@ -23,8 +23,9 @@ def bad_field(error: grpc.aio.AioRpcError) -> str:
 
 
 def reserve_request(**overrides: object) -> pb.ReserveRequest:
-    request = pb.ReserveRequest(reservation_id="bad-1", subject=pb.Subject(org=ORG),
-                                amount_nanos=usd("0.01"))
+    request = pb.ReserveRequest(
+        reservation_id="bad-1", subject=pb.Subject(org=ORG), amount_nanos=usd("0.01")
+    )
     for name, value in overrides.items():
         if name == "subject":
             request.subject.CopyFrom(value)  # type: ignore[arg-type]
@@ -40,20 +41,32 @@ BAD_RESERVES = [
     ("missing reservation id", reserve_request(reservation_id=""), "reservation_id"),
     ("overlong reservation id", reserve_request(reservation_id="x" * 129), "reservation_id"),
     ("control character in id", reserve_request(reservation_id="a\nb"), "reservation_id"),
-    ("brace in org breaks the hash tag", reserve_request(subject=pb.Subject(org="a}b")),
-     "subject.org"),
+    (
+        "brace in org breaks the hash tag",
+        reserve_request(subject=pb.Subject(org="a}b")),
+        "subject.org",
+    ),
     ("negative amount", reserve_request(amount_nanos=-1), "amount_nanos"),
     ("absurd amount", reserve_request(amount_nanos=2**62), "amount_nanos"),
-    ("no estimate", pb.ReserveRequest(reservation_id="bad-1", subject=pb.Subject(org=ORG)),
-     "amount_nanos"),
+    (
+        "no estimate",
+        pb.ReserveRequest(reservation_id="bad-1", subject=pb.Subject(org=ORG)),
+        "amount_nanos",
+    ),
     ("unknown priority", reserve_request(priority=42), "priority"),
     ("ttl too short", reserve_request(ttl=duration_pb2.Duration(nanos=5_000_000)), "ttl"),
     ("ttl too long", reserve_request(ttl=duration_pb2.Duration(seconds=10**6)), "ttl"),
     ("negative ttl", reserve_request(ttl=duration_pb2.Duration(seconds=-5)), "ttl"),
-    ("control character in user",
-     reserve_request(subject=pb.Subject(org=ORG, user="u\x00")), "subject.user"),
-    ("empty tag name", reserve_request(subject=pb.Subject(org=ORG, tags={"": "x"})),
-     "subject.tags"),
+    (
+        "control character in user",
+        reserve_request(subject=pb.Subject(org=ORG, user="u\x00")),
+        "subject.user",
+    ),
+    (
+        "empty tag name",
+        reserve_request(subject=pb.Subject(org=ORG, tags={"": "x"})),
+        "subject.tags",
+    ),
 ]
 
 
@@ -63,8 +76,9 @@ async def org_budget(admin) -> pb.BudgetStatus:
     return await status(admin, ORG, "cap")
 
 
-@pytest.mark.parametrize(("case", "request_", "field"), BAD_RESERVES,
-                         ids=[c[0] for c in BAD_RESERVES])
+@pytest.mark.parametrize(
+    ("case", "request_", "field"), BAD_RESERVES, ids=[c[0] for c in BAD_RESERVES]
+)
 async def test_bad_reserve_is_refused_naming_the_field_and_changes_nothing(
     budgets, admin, org_budget, case, request_, field
 ):
@@ -78,25 +92,49 @@ async def test_bad_reserve_is_refused_naming_the_field_and_changes_nothing(
 
 BAD_SETTLES = [
     ("commit without org", "Commit", pb.CommitRequest(reservation_id="r", actual_nanos=1), "org"),
-    ("commit negative", "Commit",
-     pb.CommitRequest(org=ORG, reservation_id="r", actual_nanos=-1), "actual_nanos"),
-    ("commit absurd", "Commit",
-     pb.CommitRequest(org=ORG, reservation_id="r", actual_nanos=2**63 - 1), "actual_nanos"),
-    ("commit without actual", "Commit", pb.CommitRequest(org=ORG, reservation_id="r"),
-     "actual_nanos"),
-    ("release overlong id", "Release", pb.ReleaseRequest(org=ORG, reservation_id="r" * 200),
-     "reservation_id"),
-    ("refund without refund id", "Refund",
-     pb.RefundRequest(org=ORG, reservation_id="r", amount_nanos=1), "refund_id"),
-    ("refund of zero", "Refund",
-     pb.RefundRequest(org=ORG, reservation_id="r", refund_id="f", amount_nanos=0),
-     "amount_nanos"),
+    (
+        "commit negative",
+        "Commit",
+        pb.CommitRequest(org=ORG, reservation_id="r", actual_nanos=-1),
+        "actual_nanos",
+    ),
+    (
+        "commit absurd",
+        "Commit",
+        pb.CommitRequest(org=ORG, reservation_id="r", actual_nanos=2**63 - 1),
+        "actual_nanos",
+    ),
+    (
+        "commit without actual",
+        "Commit",
+        pb.CommitRequest(org=ORG, reservation_id="r"),
+        "actual_nanos",
+    ),
+    (
+        "release overlong id",
+        "Release",
+        pb.ReleaseRequest(org=ORG, reservation_id="r" * 200),
+        "reservation_id",
+    ),
+    (
+        "refund without refund id",
+        "Refund",
+        pb.RefundRequest(org=ORG, reservation_id="r", amount_nanos=1),
+        "refund_id",
+    ),
+    (
+        "refund of zero",
+        "Refund",
+        pb.RefundRequest(org=ORG, reservation_id="r", refund_id="f", amount_nanos=0),
+        "amount_nanos",
+    ),
     ("extend without ttl", "Extend", pb.ExtendRequest(org=ORG, reservation_id="r"), "ttl"),
 ]
 
 
-@pytest.mark.parametrize(("case", "method", "request_", "field"), BAD_SETTLES,
-                         ids=[c[0] for c in BAD_SETTLES])
+@pytest.mark.parametrize(
+    ("case", "method", "request_", "field"), BAD_SETTLES, ids=[c[0] for c in BAD_SETTLES]
+)
 async def test_bad_settle_call_is_refused_naming_the_field(
     budgets, admin, org_budget, case, method, request_, field
 ):
@@ -111,23 +149,37 @@ BAD_BUDGETS = [
     ("missing id", pb.Budget(org=ORG, limit_nanos=1), "budget.id"),
     ("missing org", pb.Budget(id="b", limit_nanos=1), "budget.org"),
     ("negative limit", pb.Budget(org=ORG, id="b", limit_nanos=-1), "budget.limit_nanos"),
-    ("unknown selector key", pb.Budget(org=ORG, id="b", limit_nanos=1, selector={"color": "x"}),
-     "budget.selector['color']"),
-    ("empty selector value", pb.Budget(org=ORG, id="b", limit_nanos=1, selector={"team": ""}),
-     "budget.selector['team']"),
+    (
+        "unknown selector key",
+        pb.Budget(org=ORG, id="b", limit_nanos=1, selector={"color": "x"}),
+        "budget.selector['color']",
+    ),
+    (
+        "empty selector value",
+        pb.Budget(org=ORG, id="b", limit_nanos=1, selector={"team": ""}),
+        "budget.selector['team']",
+    ),
     ("unknown period", pb.Budget(org=ORG, id="b", limit_nanos=1, period=99), "budget.period"),
     ("unknown mode", pb.Budget(org=ORG, id="b", limit_nanos=1, mode=99), "budget.mode"),
-    ("bad time zone", pb.Budget(org=ORG, id="b", limit_nanos=1, timezone="Mars/Olympus"),
-     "budget.timezone"),
-    ("bad threshold", pb.Budget(org=ORG, id="b", limit_nanos=1, alert_thresholds_percent=[0]),
-     "budget.alert_thresholds_percent"),
-    ("negative overdraft", pb.Budget(org=ORG, id="b", limit_nanos=1, overdraft_nanos=-5),
-     "budget.overdraft_nanos"),
+    (
+        "bad time zone",
+        pb.Budget(org=ORG, id="b", limit_nanos=1, timezone="Mars/Olympus"),
+        "budget.timezone",
+    ),
+    (
+        "bad threshold",
+        pb.Budget(org=ORG, id="b", limit_nanos=1, alert_thresholds_percent=[0]),
+        "budget.alert_thresholds_percent",
+    ),
+    (
+        "negative overdraft",
+        pb.Budget(org=ORG, id="b", limit_nanos=1, overdraft_nanos=-5),
+        "budget.overdraft_nanos",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "budget", "field"), BAD_BUDGETS,
-                         ids=[c[0] for c in BAD_BUDGETS])
+@pytest.mark.parametrize(("case", "budget", "field"), BAD_BUDGETS, ids=[c[0] for c in BAD_BUDGETS])
 async def test_bad_budget_is_refused_naming_the_field_and_not_saved(admin, case, budget, field):
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await admin.UpsertBudget(pb.UpsertBudgetRequest(budget=budget))

@@ -1,4 +1,4 @@
-"""Holds end even when their caller vanishes: the sweeper expires them; late commits still charge."""
+"""Holds end when their caller vanishes: the sweeper expires them; late commits still charge."""
 
 from __future__ import annotations
 
@@ -16,9 +16,14 @@ WAIT_SECONDS = 10.0
 
 async def reserve_with_ttl(budgets, org: str, amount: int, ttl_seconds: int) -> str:
     reservation_id = rid()
-    await budgets.Reserve(pb.ReserveRequest(
-        reservation_id=reservation_id, subject=pb.Subject(org=org), amount_nanos=amount,
-        ttl=duration_pb2.Duration(seconds=ttl_seconds)))
+    await budgets.Reserve(
+        pb.ReserveRequest(
+            reservation_id=reservation_id,
+            subject=pb.Subject(org=org),
+            amount_nanos=amount,
+            ttl=duration_pb2.Duration(seconds=ttl_seconds),
+        )
+    )
     return reservation_id
 
 
@@ -49,8 +54,9 @@ async def test_commit_after_expiry_is_still_charged_and_marked_late(budgets, adm
     await upsert(admin, org, "cap", usd("1"))
     reservation_id = await reserve_with_ttl(budgets, org, usd("0.30"), ttl_seconds=1)
     assert await wait_for_reserved(admin, org, "cap", 0) == 0
-    done = await budgets.Commit(pb.CommitRequest(org=org, reservation_id=reservation_id,
-                                                 actual_nanos=usd("0.25")))
+    done = await budgets.Commit(
+        pb.CommitRequest(org=org, reservation_id=reservation_id, actual_nanos=usd("0.25"))
+    )
     assert done.late
     assert (done.charged_nanos, done.released_nanos) == (usd("0.25"), 0)
     st = await status(admin, org, "cap")
@@ -60,8 +66,11 @@ async def test_commit_after_expiry_is_still_charged_and_marked_late(budgets, adm
 async def test_extend_keeps_a_hold_past_its_first_ttl(budgets, admin, org):
     await upsert(admin, org, "cap", usd("1"))
     reservation_id = await reserve_with_ttl(budgets, org, usd("0.30"), ttl_seconds=1)
-    extended = await budgets.Extend(pb.ExtendRequest(
-        org=org, reservation_id=reservation_id, ttl=duration_pb2.Duration(seconds=60)))
+    extended = await budgets.Extend(
+        pb.ExtendRequest(
+            org=org, reservation_id=reservation_id, ttl=duration_pb2.Duration(seconds=60)
+        )
+    )
     assert extended.expires_at.seconds > 0
     await asyncio.sleep(1.6)  # past the first TTL, several sweeper passes
     assert (await status(admin, org, "cap")).reserved_nanos == usd("0.30")
@@ -72,7 +81,10 @@ async def test_extend_of_an_expired_hold_is_refused(budgets, admin, org):
     reservation_id = await reserve_with_ttl(budgets, org, usd("0.30"), ttl_seconds=1)
     assert await wait_for_reserved(admin, org, "cap", 0) == 0
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await budgets.Extend(pb.ExtendRequest(
-            org=org, reservation_id=reservation_id, ttl=duration_pb2.Duration(seconds=60)))
+        await budgets.Extend(
+            pb.ExtendRequest(
+                org=org, reservation_id=reservation_id, ttl=duration_pb2.Duration(seconds=60)
+            )
+        )
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert (await status(admin, org, "cap")).reserved_nanos == 0

@@ -1,4 +1,4 @@
-"""When Redis fails the service fails closed, fast; script cache loss and restarts are transparent."""
+"""Redis failing: the service fails closed, fast; lost scripts and restarts are transparent."""
 
 from __future__ import annotations
 
@@ -29,26 +29,32 @@ async def own_redis(tmp_path) -> AsyncIterator[RedisProcess]:
 
 @pytest.fixture
 async def isolated(stack: Stack, own_redis: RedisProcess) -> AsyncIterator[tuple]:
-    app = await server.start(service_settings(stack, redis_url=own_redis.url,
-                                              redis_timeout_seconds=0.3))
+    app = await server.start(
+        service_settings(stack, redis_url=own_redis.url, redis_timeout_seconds=0.3)
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
-            yield (app, own_redis, budget_pb2_grpc.BudgetServiceStub(ch),
-                   budget_pb2_grpc.BudgetAdminServiceStub(ch))
+            yield (
+                app,
+                own_redis,
+                budget_pb2_grpc.BudgetServiceStub(ch),
+                budget_pb2_grpc.BudgetAdminServiceStub(ch),
+            )
     finally:
         await app.stop()
 
 
 async def test_redis_down_fails_closed_with_unavailable_within_the_deadline(isolated, org):
-    app, redis, budgets, admin = isolated
+    _app, redis, budgets, admin = isolated
     await upsert(admin, org, "cap", usd("1"))
     await reserve(budgets, org, usd("0.10"))
     redis.stop()
     started = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as down:
         await budgets.Reserve(
-            pb.ReserveRequest(reservation_id="while-down", subject=pb.Subject(org=org),
-                              amount_nanos=usd("0.10")),
+            pb.ReserveRequest(
+                reservation_id="while-down", subject=pb.Subject(org=org), amount_nanos=usd("0.10")
+            ),
             timeout=5,
         )
     elapsed = time.monotonic() - started
@@ -57,31 +63,35 @@ async def test_redis_down_fails_closed_with_unavailable_within_the_deadline(isol
     assert elapsed < 5  # answered, not timed out by the client's deadline
     redis.start()
     # Back up: the same reservation id now succeeds, and AOF kept the earlier hold.
-    await budgets.Reserve(pb.ReserveRequest(reservation_id="while-down",
-                                            subject=pb.Subject(org=org),
-                                            amount_nanos=usd("0.10")))
+    await budgets.Reserve(
+        pb.ReserveRequest(
+            reservation_id="while-down", subject=pb.Subject(org=org), amount_nanos=usd("0.10")
+        )
+    )
     assert (await status(admin, org, "cap")).reserved_nanos == usd("0.20")
 
 
 async def test_lost_script_cache_is_reloaded_transparently(isolated, org):
-    app, redis, budgets, admin = isolated
+    app, _redis, budgets, admin = isolated
     await upsert(admin, org, "cap", usd("1"))
     await app.redis.script_flush()
     held = await reserve(budgets, org, usd("0.10"))
     await app.redis.script_flush()
-    await budgets.Commit(pb.CommitRequest(org=org, reservation_id=held.reservation_id,
-                                          actual_nanos=usd("0.05")))
+    await budgets.Commit(
+        pb.CommitRequest(org=org, reservation_id=held.reservation_id, actual_nanos=usd("0.05"))
+    )
     st = await status(admin, org, "cap")
     assert (st.spent_nanos, st.reserved_nanos) == (usd("0.05"), 0)
 
 
 async def test_counters_and_holds_survive_a_redis_restart(isolated, org):
-    app, redis, budgets, admin = isolated
+    _app, redis, budgets, admin = isolated
     await upsert(admin, org, "cap", usd("1"))
     held = await reserve(budgets, org, usd("0.30"))
     spent = await reserve(budgets, org, usd("0.20"))
-    await budgets.Commit(pb.CommitRequest(org=org, reservation_id=spent.reservation_id,
-                                          actual_nanos=usd("0.20")))
+    await budgets.Commit(
+        pb.CommitRequest(org=org, reservation_id=spent.reservation_id, actual_nanos=usd("0.20"))
+    )
     redis.stop()  # graceful: AOF flushed
     redis.start()
     st = await status(admin, org, "cap")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -72,6 +73,10 @@ SUBJECTS: tuple[frozenset[tuple[str, str]], ...] = tuple(
         {"provider": "anthropic"},
     )
 )
+# Known bug (see test_zero_amount_hold_can_be_committed_and_released below): a hold of 0 nanos
+# makes commit / release / expire fail inside Lua (`HINCRBY ... -0`). Until it is fixed the
+# machine never reserves 0; set this to 0 to let it.
+MIN_HOLD = 1
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 ADVANCES_MS = (1, 999, 1_000, 1_001, 59_000, HOUR_MS, 5 * HOUR_MS, 23 * HOUR_MS, DAY_MS,
@@ -285,6 +290,9 @@ class BudgetMachine(RuleBasedStateMachine):
                              st.integers(0, 1_000))
         return st.integers(0, 700)
 
+    def _holds(self) -> st.SearchStrategy[int]:
+        return self._amounts().map(lambda a: max(MIN_HOLD, a))
+
     def _room(self, budget_id: str, critical: bool) -> int:
         b = self.model.budget(budget_id)
         return (b.limit + (b.overdraft if critical else 0) - b.spent(self.now) - b.reserved)
@@ -325,9 +333,9 @@ class BudgetMachine(RuleBasedStateMachine):
             subject, amount, critical, ttl = self.requests[rid]
         elif how == "fill":
             # just at, below or above what a budget has room for: exact boundary comparisons
-            amount = min(MAX_AMOUNT, max(0, self._room(fill, critical) + delta))
+            amount = min(MAX_AMOUNT, max(MIN_HOLD, self._room(fill, critical) + delta))
         else:
-            amount = data.draw(self._amounts(), label="amount")
+            amount = data.draw(self._holds(), label="amount")
         self._reserve(rid, subject, amount, critical, ttl)
 
     @rule(n=st.integers(1, 10), subject=st.sampled_from(SUBJECTS), critical=st.booleans(),
@@ -337,7 +345,7 @@ class BudgetMachine(RuleBasedStateMachine):
         """Reserve and commit up to n fresh reservations: counters grow fast (past 2^53)."""
         for _ in range(n):
             rid = f"bulk-{next(self.bulk)}"
-            amount = data.draw(self._amounts(), label="amount")
+            amount = data.draw(self._holds(), label="amount")
             if self._reserve(rid, subject, amount, critical, TTLS_MS[-1])[0] != "ok":
                 return
             self._commit(rid, data.draw(st.integers(max(0, amount - 3), amount + 3),
@@ -458,6 +466,8 @@ def test_engine_matches_reference_model(stack: Any) -> None:
     REDIS_URL[:] = [stack.redis.url]
     run_state_machine_as_test(
         BudgetMachine,
-        settings=settings(max_examples=60, stateful_step_count=30, deadline=None,
+        # MODEL_EXAMPLES=2000 for a deeper run than the suite's
+        settings=settings(max_examples=int(os.environ.get("MODEL_EXAMPLES", "60")),
+                          stateful_step_count=30, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow], print_blob=True),
     )

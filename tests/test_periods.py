@@ -28,15 +28,17 @@ def moved_clock(clock: OffsetClock) -> Iterator[OffsetClock]:
 
 
 async def commit(budgets, org: str, reservation_id: str, actual: int) -> None:
-    await budgets.Commit(pb.CommitRequest(org=org, reservation_id=reservation_id,
-                                          actual_nanos=actual))
+    await budgets.Commit(
+        pb.CommitRequest(org=org, reservation_id=reservation_id, actual_nanos=actual)
+    )
 
 
 async def test_month_budget_resets_at_the_calendar_boundary_in_its_time_zone(
     budgets, admin, org, moved_clock
 ):
-    await upsert(admin, org, "monthly", usd("1"), period=pb.PERIOD_MONTH,
-                 timezone="America/New_York")
+    await upsert(
+        admin, org, "monthly", usd("1"), period=pb.PERIOD_MONTH, timezone="America/New_York"
+    )
     moved_clock.set_ms(ms(datetime(2026, 1, 31, 22, 0, tzinfo=NEW_YORK)))
     spent = await reserve(budgets, org, usd("0.60"))
     await commit(budgets, org, spent.reservation_id, usd("0.60"))
@@ -74,8 +76,11 @@ async def test_refund_of_last_periods_charge_does_not_credit_the_new_period(
     moved_clock.set_ms(ms(datetime(2026, 3, 11, 9, 0, tzinfo=paris)))
     today = await reserve(budgets, org, usd("0.20"))
     await commit(budgets, org, today.reservation_id, usd("0.20"))
-    refunded = await budgets.Refund(pb.RefundRequest(
-        org=org, reservation_id=held.reservation_id, refund_id="late", amount_nanos=usd("0.5")))
+    refunded = await budgets.Refund(
+        pb.RefundRequest(
+            org=org, reservation_id=held.reservation_id, refund_id="late", amount_nanos=usd("0.5")
+        )
+    )
     assert refunded.refunded_nanos == usd("0.50")  # recorded, but yesterday's period is closed
     assert (await status(admin, org, "daily")).spent_nanos == usd("0.20")
 
@@ -83,19 +88,49 @@ async def test_refund_of_last_periods_charge_does_not_credit_the_new_period(
 @pytest.mark.parametrize(
     ("period", "zone", "now", "start", "end"),
     [
-        (pb.PERIOD_MONTH, "UTC", datetime(2026, 12, 31, 23, 59), datetime(2026, 12, 1),
-         datetime(2027, 1, 1)),
-        (pb.PERIOD_YEAR, "Asia/Tokyo", datetime(2026, 6, 1), datetime(2026, 1, 1),
-         datetime(2027, 1, 1)),
-        (pb.PERIOD_WEEK, "UTC", datetime(2026, 11, 29, 12), datetime(2026, 11, 23),
-         datetime(2026, 11, 30)),
+        (
+            pb.PERIOD_MONTH,
+            "UTC",
+            datetime(2026, 12, 31, 23, 59),
+            datetime(2026, 12, 1),
+            datetime(2027, 1, 1),
+        ),
+        (
+            pb.PERIOD_YEAR,
+            "Asia/Tokyo",
+            datetime(2026, 6, 1),
+            datetime(2026, 1, 1),
+            datetime(2027, 1, 1),
+        ),
+        (
+            pb.PERIOD_WEEK,
+            "UTC",
+            datetime(2026, 11, 29, 12),
+            datetime(2026, 11, 23),
+            datetime(2026, 11, 30),
+        ),
         # The day DST starts in New York is 23 hours long.
-        (pb.PERIOD_DAY, "America/New_York", datetime(2026, 3, 8, 12), datetime(2026, 3, 8),
-         datetime(2026, 3, 9)),
-        (pb.PERIOD_HOUR, "Asia/Kolkata", datetime(2026, 5, 5, 10, 45), datetime(2026, 5, 5, 10),
-         datetime(2026, 5, 5, 11)),
-        (pb.PERIOD_MINUTE, "UTC", datetime(2026, 5, 5, 10, 45, 30), datetime(2026, 5, 5, 10, 45),
-         datetime(2026, 5, 5, 10, 46)),
+        (
+            pb.PERIOD_DAY,
+            "America/New_York",
+            datetime(2026, 3, 8, 12),
+            datetime(2026, 3, 8),
+            datetime(2026, 3, 9),
+        ),
+        (
+            pb.PERIOD_HOUR,
+            "Asia/Kolkata",
+            datetime(2026, 5, 5, 10, 45),
+            datetime(2026, 5, 5, 10),
+            datetime(2026, 5, 5, 11),
+        ),
+        (
+            pb.PERIOD_MINUTE,
+            "UTC",
+            datetime(2026, 5, 5, 10, 45, 30),
+            datetime(2026, 5, 5, 10, 45),
+            datetime(2026, 5, 5, 10, 46),
+        ),
     ],
 )
 def test_period_bounds_are_calendar_aligned_in_the_zone(period, zone, now, start, end):
@@ -105,8 +140,9 @@ def test_period_bounds_are_calendar_aligned_in_the_zone(period, zone, now, start
 
 
 def test_dst_day_in_new_york_is_23_hours():
-    start, end = bounds_ms(pb.PERIOD_DAY, "America/New_York",
-                           ms(datetime(2026, 3, 8, 12, tzinfo=NEW_YORK)))
+    start, end = bounds_ms(
+        pb.PERIOD_DAY, "America/New_York", ms(datetime(2026, 3, 8, 12, tzinfo=NEW_YORK))
+    )
     assert end is not None
     assert end - start == 23 * 3600 * 1000
 

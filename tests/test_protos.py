@@ -21,8 +21,16 @@ def _differences(left: Path, right: Path) -> list[str]:
 
 
 def test_generated_code_is_not_stale(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "tools" / "gen_protos.py"), "--out",
-                    str(tmp_path / "genproto")], check=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "gen_protos.py"),
+            "--out",
+            str(tmp_path / "genproto"),
+        ],
+        check=True,
+        timeout=120,
+    )
     stale = _differences(ROOT / "genproto", tmp_path / "genproto")
     assert not stale, f"genproto/ is stale; run `make protos` and commit: {stale}"
 

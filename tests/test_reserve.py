@@ -62,14 +62,15 @@ async def test_refusal_names_every_refusing_budget(budgets, admin, org):
 
 
 async def test_budget_applies_only_when_selector_is_subset_of_subject(budgets, admin, org):
-    await upsert(admin, org, "vk1-anthropic", usd("1"),
-                 selector={"project": "vk1", "provider": "anthropic"})
+    await upsert(
+        admin, org, "vk1-anthropic", usd("1"), selector={"project": "vk1", "provider": "anthropic"}
+    )
     await upsert(admin, org, "tag-env-prod", usd("1"), selector={"tag:env": "prod"})
-    held = await reserve(budgets, org, CENT, project="vk1", provider="anthropic",
-                         tags={"env": "prod"})
+    held = await reserve(
+        budgets, org, CENT, project="vk1", provider="anthropic", tags={"env": "prod"}
+    )
     assert sorted(b.budget_id for b in held.budgets) == ["tag-env-prod", "vk1-anthropic"]
-    held = await reserve(budgets, org, CENT, project="vk1", provider="openai",
-                         tags={"env": "dev"})
+    held = await reserve(budgets, org, CENT, project="vk1", provider="openai", tags={"env": "dev"})
     assert list(held.budgets) == []
 
 
@@ -113,8 +114,12 @@ async def test_reserve_answers_balances_of_every_held_budget(budgets, admin, org
     held = await reserve(budgets, org, usd("0.25"))
     assert held.reserved_nanos == usd("0.25")
     (balance,) = held.budgets
-    assert (balance.limit_nanos, balance.spent_nanos, balance.reserved_nanos,
-            balance.remaining_nanos) == (usd("1"), 0, usd("0.25"), usd("0.75"))
+    assert (
+        balance.limit_nanos,
+        balance.spent_nanos,
+        balance.reserved_nanos,
+        balance.remaining_nanos,
+    ) == (usd("1"), 0, usd("0.25"), usd("0.75"))
     assert held.expires_at.seconds > 0
 
 

@@ -1,4 +1,4 @@
-"""`python -m budget_service` as operators run it: serves, then drains in-flight calls on SIGTERM."""
+"""`python -m budget_service` as operators run it: serves, drains in-flight calls on SIGTERM."""
 
 from __future__ import annotations
 
@@ -41,10 +41,20 @@ async def wait_serving(addr: str, proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture
 def service_process(stack: Stack):
     addr = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "REDIS_URL": stack.redis.url, "DATABASE_URL": stack.postgres.url,
-           "BUDGET_ADDR": addr, "LOG_LEVEL": "warning", "SHUTDOWN_GRACE_SECONDS": "5"}
-    proc = subprocess.Popen([sys.executable, "-m", "budget_service"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "REDIS_URL": stack.redis.url,
+        "DATABASE_URL": stack.postgres.url,
+        "BUDGET_ADDR": addr,
+        "LOG_LEVEL": "warning",
+        "SHUTDOWN_GRACE_SECONDS": "5",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "budget_service"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         yield addr, proc
     finally:
@@ -63,9 +73,12 @@ async def test_sigterm_drains_in_flight_calls_and_loses_no_hold(service_process,
 
         async def one() -> None:
             try:
-                reply = await stub.Reserve(pb.ReserveRequest(
-                    reservation_id=rid(), subject=pb.Subject(org=org), amount_nanos=usd("0.01")),
-                    timeout=10)
+                reply = await stub.Reserve(
+                    pb.ReserveRequest(
+                        reservation_id=rid(), subject=pb.Subject(org=org), amount_nanos=usd("0.01")
+                    ),
+                    timeout=10,
+                )
                 answered.append(reply.reserved_nanos)
             except grpc.aio.AioRpcError as exc:
                 assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
@@ -82,8 +95,12 @@ async def test_sigterm_drains_in_flight_calls_and_loses_no_hold(service_process,
 
 async def test_help_lists_every_setting_with_its_environment_variable():
     result = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "budget_service", "--help"],
-        capture_output=True, text=True, timeout=60)
+        subprocess.run,
+        [sys.executable, "-m", "budget_service", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0
     for name in ("BUDGET_ADDR", "REDIS_URL", "DATABASE_URL", "DEFAULT_TTL_SECONDS"):
         assert name in result.stdout
@@ -92,7 +109,12 @@ async def test_help_lists_every_setting_with_its_environment_variable():
 async def test_missing_store_urls_fail_start_with_a_clear_message():
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     result = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "budget_service"], env=env,
-        capture_output=True, text=True, timeout=60)
+        subprocess.run,
+        [sys.executable, "-m", "budget_service"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "REDIS_URL" in result.stdout and "make run" in result.stdout

@@ -21,7 +21,10 @@ async def test_commit_of_smaller_actual_frees_the_difference(budgets, admin, org
     held = await reserve(budgets, org, usd("0.04"))
     done = await commit(budgets, org, held.reservation_id, usd("0.031"))
     assert (done.charged_nanos, done.released_nanos, done.overage_nanos) == (
-        usd("0.031"), usd("0.009"), 0)
+        usd("0.031"),
+        usd("0.009"),
+        0,
+    )
     st = await status(admin, org, "cap")
     assert (st.spent_nanos, st.reserved_nanos) == (usd("0.031"), 0)
     assert done.budgets[0].spent_nanos == usd("0.031")
@@ -32,7 +35,10 @@ async def test_commit_of_larger_actual_is_charged_and_reported_as_overage(budget
     held = await reserve(budgets, org, usd("0.04"))
     done = await commit(budgets, org, held.reservation_id, usd("0.05"))
     assert (done.charged_nanos, done.released_nanos, done.overage_nanos) == (
-        usd("0.05"), 0, usd("0.01"))
+        usd("0.05"),
+        0,
+        usd("0.01"),
+    )
     st = await status(admin, org, "cap")
     assert (st.spent_nanos, st.reserved_nanos) == (usd("0.05"), 0)
 
@@ -55,9 +61,14 @@ async def test_refund_is_capped_at_what_was_committed_and_idempotent(budgets, ad
     await commit(budgets, org, held.reservation_id, usd("0.08"))
 
     async def refund(refund_id: str, amount: int) -> int:
-        response = await budgets.Refund(pb.RefundRequest(
-            org=org, reservation_id=held.reservation_id, refund_id=refund_id,
-            amount_nanos=amount))
+        response = await budgets.Refund(
+            pb.RefundRequest(
+                org=org,
+                reservation_id=held.reservation_id,
+                refund_id=refund_id,
+                amount_nanos=amount,
+            )
+        )
         return int(response.refunded_nanos)
 
     assert await refund("rf-1", usd("0.05")) == usd("0.05")
@@ -76,8 +87,11 @@ async def test_refund_of_a_reservation_not_committed_is_refused(budgets, admin, 
     await upsert(admin, org, "cap", usd("1"))
     held = await reserve(budgets, org, usd("0.10"))
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await budgets.Refund(pb.RefundRequest(org=org, reservation_id=held.reservation_id,
-                                              refund_id="rf", amount_nanos=1))
+        await budgets.Refund(
+            pb.RefundRequest(
+                org=org, reservation_id=held.reservation_id, refund_id="rf", amount_nanos=1
+            )
+        )
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert (await status(admin, org, "cap")).reserved_nanos == usd("0.10")
 
@@ -120,8 +134,7 @@ async def test_release_after_commit_and_commit_after_release_are_refused(budgets
     committed = await reserve(budgets, org, usd("0.10"))
     await commit(budgets, org, committed.reservation_id, usd("0.10"))
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await budgets.Release(pb.ReleaseRequest(org=org,
-                                                reservation_id=committed.reservation_id))
+        await budgets.Release(pb.ReleaseRequest(org=org, reservation_id=committed.reservation_id))
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     released = await reserve(budgets, org, usd("0.10"))
     await budgets.Release(pb.ReleaseRequest(org=org, reservation_id=released.reservation_id))
@@ -136,10 +149,12 @@ async def test_unknown_reservation_is_not_found(budgets, org):
     for call in (
         budgets.Commit(pb.CommitRequest(org=org, reservation_id="nope", actual_nanos=1)),
         budgets.Release(pb.ReleaseRequest(org=org, reservation_id="nope")),
-        budgets.Refund(pb.RefundRequest(org=org, reservation_id="nope", refund_id="x",
-                                        amount_nanos=1)),
-        budgets.Extend(pb.ExtendRequest(org=org, reservation_id="nope",
-                                        ttl=duration_pb2.Duration(seconds=10))),
+        budgets.Refund(
+            pb.RefundRequest(org=org, reservation_id="nope", refund_id="x", amount_nanos=1)
+        ),
+        budgets.Extend(
+            pb.ExtendRequest(org=org, reservation_id="nope", ttl=duration_pb2.Duration(seconds=10))
+        ),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await call
