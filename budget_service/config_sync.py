@@ -45,15 +45,22 @@ class ConfigSync:
         )
 
     async def reconcile(self, repo: BudgetRepository) -> int:
-        """Make every org's configuration in Redis equal PostgreSQL's; returns budgets synced."""
-        by_org = await repo.all_by_org()
+        """Make every org's configuration in Redis equal PostgreSQL's; returns orgs changed.
+
+        Redis is read before PostgreSQL, so a budget created in between is never dropped, and
+        the script skips budgets Redis holds at a newer version: safe beside live upserts.
+        """
         known: set[str] = await redis_call(self.client.smembers(keys.ORGS))
-        synced = 0
+        before: dict[str, list[str]] = {}
+        for org in known:
+            uids = await redis_call(self.client.hkeys(keys.config(org)))
+            before[org] = [u for u in uids if u != "_v"]
+        by_org = await repo.all_by_org()
+        changed = 0
         for org in sorted(known | set(by_org)):
             budgets = by_org.get(org, [])
-            present: dict[str, str] = await redis_call(self.client.hgetall(keys.config(org)))
             keep = {str(b.uid) for b in budgets}
-            drop = [uid for uid in present if uid != "_v" and uid not in keep]
+            drop = [uid for uid in before.get(org, []) if uid not in keep]
             args: list[str | int] = [len(budgets)]
             for b in budgets:
                 args += [
@@ -66,7 +73,7 @@ class ConfigSync:
                     b.version,
                 ]
             args += drop
-            await self.scripts.run(
+            reply = await self.scripts.run(
                 "sync_org",
                 [
                     keys.config(org),
@@ -77,6 +84,7 @@ class ConfigSync:
             )
             if budgets:
                 await redis_call(self.client.sadd(keys.ORGS, org))
-            synced += len(budgets)
-        log.info("config.reconciled", orgs=len(known | set(by_org)), budgets=synced)
-        return synced
+            changed += int(reply[1])
+        if changed:
+            log.info("config.reconciled", orgs=len(known | set(by_org)), orgs_changed=changed)
+        return changed

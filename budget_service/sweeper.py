@@ -28,6 +28,7 @@ class Sweeper:
         self.clock = clock
         self.interval = interval_seconds
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def sweep_once(self) -> int:
         """One pass over every org; returns how many holds were released."""
@@ -46,22 +47,28 @@ class Sweeper:
         return released
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.sweep_once()
             except BudgetServiceError as exc:
                 log.warning("sweeper.failed", error=str(exc))
-            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.interval)
+            except TimeoutError:
+                pass
 
     def start(self) -> None:
         """Run passes in the background until stop()."""
+        self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="sweeper")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Let the current pass finish (no hold is left half-expired), then stop."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(self._task, timeout)
+        except TimeoutError:
+            log.warning("sweeper.stop_timeout", timeout_seconds=timeout)
+        self._task = None

@@ -6,6 +6,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
+from budget_service import keys
 from genproto.budget.v1 import budget_pb2 as pb
 from tests.helpers import reserve, rid, status, upsert, usd
 
@@ -167,3 +168,10 @@ async def test_reservation_in_an_org_without_budgets_is_admitted_and_settles(bud
     assert list(held.budgets) == []
     done = await commit(budgets, org, held.reservation_id, usd("0.02"))
     assert done.charged_nanos == usd("0.02")
+
+
+async def test_ended_reservation_answers_retries_for_at_least_a_day(app, budgets, org):
+    held = await reserve(budgets, org, usd("0.10"))
+    await commit(budgets, org, held.reservation_id, usd("0.10"))
+    ttl_ms = await app.redis.pttl(keys.reservation(org, held.reservation_id))
+    assert ttl_ms >= 24 * 3600 * 1000

@@ -1,27 +1,38 @@
--- Make an org's budget configuration in Redis equal PostgreSQL's (run at start).
--- Counters of budgets that still exist are kept; budgets gone from PostgreSQL are dropped.
+-- Make an org's budget configuration in Redis equal PostgreSQL's (at start and periodically).
+-- Counters of budgets that still exist are kept. A budget Redis holds at a newer version than
+-- the snapshot (an upsert that landed after PostgreSQL was read) is left as it is.
 local cfg_key = KEYS[1]
--- KEYS[2 .. 1 + n]: state hashes of the budgets to keep, in ARGV order
--- KEYS[2 + n ..]: state hashes of budgets Redis has and PostgreSQL no longer does
+-- KEYS[2 .. 1 + n]: state hashes of the budgets PostgreSQL has, in ARGV order
+-- KEYS[2 + n ..]: state hashes of budgets to drop (in Redis before PostgreSQL was read, and
+--                 not in PostgreSQL)
 
 local n = tonumber(ARGV[1])
 -- ARGV[2 + 7i .. 8 + 7i]: uid, config json, budget id, limit, overdraft, mode, version of
 -- budget i; then the uids to drop
 local drop_uids_start = 2 + 7 * n
+local changed = false
 
 for i = 0, n - 1 do
   local base = 2 + 7 * i
   local key = KEYS[2 + i]
-  redis.call('HSET', key, 'id', ARGV[base + 2], 'limit', ARGV[base + 3], 'od', ARGV[base + 4],
-    'mode', ARGV[base + 5], 'ver', ARGV[base + 6])
-  redis.call('HSETNX', key, 'spent', '0')
-  redis.call('HSETNX', key, 'reserved', '0')
-  redis.call('HSETNX', key, 'pstart', '0')
-  redis.call('HSET', cfg_key, ARGV[base], ARGV[base + 1])
+  local current = redis.call('HGET', key, 'ver')
+  local known = redis.call('HEXISTS', cfg_key, ARGV[base]) == 1
+  if not current or tonumber(current) < tonumber(ARGV[base + 6]) or not known then
+    if not current or tonumber(current) <= tonumber(ARGV[base + 6]) then
+      redis.call('HSET', key, 'id', ARGV[base + 2], 'limit', ARGV[base + 3],
+        'od', ARGV[base + 4], 'mode', ARGV[base + 5], 'ver', ARGV[base + 6])
+      redis.call('HSETNX', key, 'spent', '0')
+      redis.call('HSETNX', key, 'reserved', '0')
+      redis.call('HSETNX', key, 'pstart', '0')
+      redis.call('HSET', cfg_key, ARGV[base], ARGV[base + 1])
+      changed = true
+    end
+  end
 end
 for j = drop_uids_start, #ARGV do
   redis.call('HDEL', cfg_key, ARGV[j])
   redis.call('DEL', KEYS[2 + n + (j - drop_uids_start)])
+  changed = true
 end
-redis.call('HINCRBY', cfg_key, '_v', 1)
-return reply({'OK'})
+if changed then redis.call('HINCRBY', cfg_key, '_v', 1) end
+return reply({'OK', changed and 1 or 0})
