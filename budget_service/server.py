@@ -24,6 +24,7 @@ from budget_service.config_sync import ConfigSync
 from budget_service.engine import Engine
 from budget_service.errors import ConfigError
 from budget_service.handlers import BudgetService
+from budget_service.periodic import Periodic
 from budget_service.settings import Settings
 from budget_service.sweeper import Sweeper
 from genproto.budget.v1 import budget_pb2, budget_pb2_grpc
@@ -45,7 +46,7 @@ class App:
     redis: aioredis.Redis
     pool: asyncpg.Pool
     engine: Engine
-    sweeper: Sweeper
+    background: list[Periodic]
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -56,7 +57,8 @@ class App:
         log.info("server.stopping", grace_seconds=self.settings.shutdown_grace_seconds)
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.sweeper.stop()
+        for job in self.background:
+            await job.stop()
         await self.server.stop(self.settings.shutdown_grace_seconds)
         await self.redis.aclose()
         await self.pool.close()
@@ -105,8 +107,17 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    sweeper = Sweeper(redis, engine, clock, settings.sweep_interval_seconds)
-    sweeper.start()
+    background = [
+        Periodic(
+            "sweeper", settings.sweep_interval_seconds, Sweeper(redis, engine, clock).sweep_once
+        ),
+        # Applies an upsert whose push to Redis failed, and any drift, without a restart.
+        Periodic(
+            "config-reconcile", settings.config_reconcile_seconds, lambda: sync.reconcile(repo)
+        ),
+    ]
+    for job in background:
+        job.start()
     host = settings.budget_addr.rsplit(":", 1)[0]
     log.info("server.started", addr=f"{host}:{port}")
-    return App(settings, server, port, redis, pool, engine, sweeper, health_servicer)
+    return App(settings, server, port, redis, pool, engine, background, health_servicer)

@@ -36,6 +36,9 @@ class Settings:
     sweep_interval_seconds: float = _env(
         "SWEEP_INTERVAL_SECONDS", 1.0, "how often expired holds are released"
     )
+    config_reconcile_seconds: float = _env(
+        "CONFIG_RECONCILE_SECONDS", 60.0, "how often Redis config is re-checked against PostgreSQL"
+    )
     redis_timeout_seconds: float = _env(
         "REDIS_TIMEOUT_SECONDS", 0.5, "connect and command timeout; past it calls fail closed"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -30,7 +31,9 @@ async def own_redis(tmp_path) -> AsyncIterator[RedisProcess]:
 @pytest.fixture
 async def isolated(stack: Stack, own_redis: RedisProcess) -> AsyncIterator[tuple]:
     app = await server.start(
-        service_settings(stack, redis_url=own_redis.url, redis_timeout_seconds=0.3)
+        service_settings(
+            stack, redis_url=own_redis.url, redis_timeout_seconds=0.3, config_reconcile_seconds=0.3
+        )
     )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
@@ -98,3 +101,23 @@ async def test_counters_and_holds_survive_a_redis_restart(isolated, org):
     assert (st.spent_nanos, st.reserved_nanos) == (usd("0.20"), usd("0.30"))
     await budgets.Release(pb.ReleaseRequest(org=org, reservation_id=held.reservation_id))
     assert (await status(admin, org, "cap")).reserved_nanos == 0
+
+
+async def test_budget_saved_while_redis_is_down_is_applied_when_it_returns(isolated, org):
+    app, redis, budgets, admin = isolated
+    await upsert(admin, org, "cap", usd("1"))
+    redis.stop()
+    with pytest.raises(grpc.aio.AioRpcError) as down:
+        await upsert(admin, org, "cap", usd("0.01"))
+    assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "saved in PostgreSQL" in (down.value.details() or "")
+    redis.start()
+    for _ in range(50):  # the periodic reconcile applies the new limit (bounded wait)
+        if (await status(admin, org, "cap")).budget.limit_nanos == usd("0.01"):
+            try:
+                await reserve(budgets, org, usd("0.02"))
+            except grpc.aio.AioRpcError as refused:
+                assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the new limit never reached Redis")
