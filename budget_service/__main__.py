@@ -21,11 +21,11 @@ Runs the budget service. Configured by environment variables:
 
 async def serve(settings: Settings) -> None:
     """Start, then stop gracefully on the first SIGINT or SIGTERM."""
-    app = await server.start(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before start: a signal during it still counts
         loop.add_signal_handler(sig, stop.set)
+    app = await server.start(settings)
     await stop.wait()
     await app.stop()
 

@@ -89,7 +89,9 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     engine = Engine(
         scripts, ConfigCache(redis), clock, retention_ms=int(settings.retention_seconds * 1000)
     )
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    # Without reuse_port a second process on a taken address fails to start instead of
+    # silently splitting the traffic with the first.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.reuse_port))])
     budget_pb2_grpc.add_BudgetServiceServicer_to_server(  # type: ignore[no-untyped-call]
         BudgetService(engine, settings), server
     )
@@ -101,9 +103,17 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(settings.budget_addr)
+    try:
+        port = server.add_insecure_port(settings.budget_addr)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise ConfigError(f"BUDGET_ADDR={settings.budget_addr!r}: cannot listen there")
+        await redis.aclose()
+        await pool.close()
+        raise ConfigError(
+            f"BUDGET_ADDR={settings.budget_addr!r}: cannot listen there (address in use or"
+            " not local); choose another address"
+        )
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -19,6 +19,9 @@ class Settings:
     """The service's configuration; `Settings.from_env()` reads it from the environment."""
 
     budget_addr: str = _env("BUDGET_ADDR", "127.0.0.1:50051", "gRPC listen address")
+    reuse_port: bool = _env(
+        "BUDGET_REUSE_PORT", False, "share BUDGET_ADDR with other processes (SO_REUSEPORT)"
+    )
     redis_url: str = _env("REDIS_URL", "", "redis://host:port/db (required by the service)")
     database_url: str = _env("DATABASE_URL", "", "postgresql://... (required by the service)")
     data_dir: Path = _env("BUDGET_DATA_DIR", Path(".data"), "where `make run` keeps its data")

@@ -573,6 +573,16 @@ class DevStack:
             f"{_describe(b)} {'created' if created else 'kept as it was'}" for b, created in seeded
         )
         request = f'{{"org":"{DEMO_ORG}","budget_id":"{DEMO_BUDGETS[0].id}"}}'
+        own = " and ".join(
+            name
+            for name, store in (("Redis", self.redis), ("PostgreSQL", self.postgres))
+            if store is not None
+        )
+        stopping = (
+            f"the service drains, then {own} stop; data is kept"
+            if own
+            else "the service drains and stops"
+        )
         print(
             f"\nbudget service ready on {addr}  (gRPC, plaintext, reflection on)\n"
             f"  redis       {redis}\n"
@@ -582,8 +592,7 @@ class DevStack:
             f"  try         {_grpcurl()} -plaintext -d '{request}' {addr}"
             f" budget.v1.BudgetAdminService/GetBudgetStatus\n"
             f"  walkthrough docs/walkthrough.md\n"
-            f"  stop        Ctrl-C (the service drains, then Redis and PostgreSQL stop;"
-            f" data is kept)\n",
+            f"  stop        Ctrl-C ({stopping})\n",
             file=sys.stderr,
             flush=True,
         )
@@ -615,8 +624,10 @@ class DevStack:
                 store.stop(timeout=STORE_STOP_TIMEOUT)
             elif store is not None:
                 store.stop()  # already exited: just clean up after it
-        if self.service or self.redis or self.postgres:
+        if self.redis or self.postgres:
             say(f"stopped; data kept in {self.config.data_dir.absolute()}")
+        elif self.service:
+            say("stopped")
 
 
 # --- entry point --------------------------------------------------------------------------------

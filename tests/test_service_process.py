@@ -118,3 +118,15 @@ async def test_missing_store_urls_fail_start_with_a_clear_message():
     )
     assert result.returncode == 2
     assert "REDIS_URL" in result.stdout and "make run" in result.stdout
+
+
+async def test_second_service_on_a_taken_address_fails_to_start(service_process, stack):
+    addr, proc = service_process
+    await wait_serving(addr, proc)
+    env = {**os.environ, "REDIS_URL": stack.redis.url, "DATABASE_URL": stack.postgres.url,
+           "BUDGET_ADDR": addr, "LOG_LEVEL": "warning"}  # fmt: skip
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "budget_service"], env=env,
+        capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert "BUDGET_ADDR" in result.stdout
