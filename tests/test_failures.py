@@ -121,3 +121,28 @@ async def test_budget_saved_while_redis_is_down_is_applied_when_it_returns(isola
                 return
         await asyncio.sleep(0.1)
     raise AssertionError("the new limit never reached Redis")
+
+
+async def test_calls_cancelled_by_client_deadlines_leave_the_service_healthy(budgets, admin, org):
+    await upsert(admin, org, "cap", usd("1000"))
+
+    async def impatient(i: int) -> None:
+        try:
+            await budgets.Reserve(
+                pb.ReserveRequest(reservation_id=f"hurry-{i}", subject=pb.Subject(org=org),
+                                  amount_nanos=usd("0.01")),
+                timeout=0.0005,
+            )  # fmt: skip
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    await asyncio.gather(*(impatient(i) for i in range(300)))
+    # Every call, cancelled or not, either held its 0.01 or held nothing: retrying all of them
+    # with the same ids (idempotent) must end with exactly 300 holds.
+    for i in range(300):
+        await budgets.Reserve(
+            pb.ReserveRequest(reservation_id=f"hurry-{i}", subject=pb.Subject(org=org),
+                              amount_nanos=usd("0.01")),
+            timeout=5,
+        )  # fmt: skip
+    assert (await status(admin, org, "cap")).reserved_nanos == 300 * usd("0.01")
