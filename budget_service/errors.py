@@ -8,6 +8,7 @@ BudgetServiceError                    base; never raised itself
 ├── BudgetExceeded(refusals)          RESOURCE_EXHAUSTED + QuotaFailure + ErrorInfo
 ├── Unavailable                       UNAVAILABLE        (Redis or PostgreSQL unreachable)
 ├── Unimplemented                     UNIMPLEMENTED      (a contract method not served yet)
+├── ScriptError                       INTERNAL           (a Lua script failed: a bug, logged)
 └── ConfigError                       startup only: a bad setting, the process exits
 """
 
@@ -89,6 +90,12 @@ class Unimplemented(BudgetServiceError):
     """A method of the pinned contract that this release does not serve yet."""
 
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class ScriptError(BudgetServiceError):
+    """A Lua script raised an error: never the caller's fault; the log has the script's name."""
+
+    code = grpc.StatusCode.INTERNAL
 
 
 class ConfigError(BudgetServiceError):

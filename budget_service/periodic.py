@@ -31,6 +31,8 @@ class Periodic:
                 await self.job()
             except BudgetServiceError as exc:
                 log.warning("periodic.failed", job=self.name, error=exc.message)
+            except Exception:  # a background job must outlive any one bad run
+                log.exception("periodic.crashed", job=self.name)
             try:
                 await asyncio.wait_for(self._stopping.wait(), self.interval)
             except TimeoutError:

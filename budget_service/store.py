@@ -13,11 +13,14 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+import structlog
 from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from budget_service.errors import Unavailable
+from budget_service.errors import ScriptError, Unavailable
+
+log = structlog.get_logger(__name__)
 
 SCRIPT_NAMES = (
     "reserve",
@@ -64,6 +67,9 @@ class Scripts:
             raw = await redis_call(self.client.evalsha(self.shas[name], len(keys), *keys, *args))
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
             raise Unavailable(f"Redis is unreachable ({type(exc).__name__}); retry later") from exc
+        except redis_errors.ResponseError as exc:
+            log.error("script.failed", script=name, error=str(exc))
+            raise ScriptError(f"internal error in the {name} script; see the service log") from exc
         return json.loads(raw)
 
 

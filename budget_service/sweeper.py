@@ -8,6 +8,7 @@ import structlog
 from budget_service import keys
 from budget_service.clock import Clock
 from budget_service.engine import Engine
+from budget_service.errors import ScriptError
 from budget_service.store import redis_call
 
 log = structlog.get_logger(__name__)
@@ -33,7 +34,11 @@ class Sweeper:
                 )
             )
             for reservation_id in due:
-                if await self.engine.expire(org, reservation_id):
+                try:
+                    expired = await self.engine.expire(org, reservation_id)
+                except ScriptError:  # logged by the store; one bad record must not stall the rest
+                    continue
+                if expired:
                     released += 1
                     log.info("hold.expired", org=org, reservation_id=reservation_id)
         return released

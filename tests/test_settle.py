@@ -175,3 +175,16 @@ async def test_ended_reservation_answers_retries_for_at_least_a_day(app, budgets
     await commit(budgets, org, held.reservation_id, usd("0.10"))
     ttl_ms = await app.redis.pttl(keys.reservation(org, held.reservation_id))
     assert ttl_ms >= 24 * 3600 * 1000
+
+
+async def test_zero_estimate_hold_commits_and_releases(budgets, admin, org):
+    await upsert(admin, org, "cap", usd("1"))
+    free = await reserve(budgets, org, 0)
+    released = await budgets.Release(pb.ReleaseRequest(org=org, reservation_id=free.reservation_id))
+    assert released.released_nanos == 0
+    held = await reserve(budgets, org, 0)
+    done = await commit(budgets, org, held.reservation_id, 5)
+    assert (done.charged_nanos, done.overage_nanos) == (5, 5)
+    assert await commit(budgets, org, held.reservation_id, 5) == done
+    st = await status(admin, org, "cap")
+    assert (st.spent_nanos, st.reserved_nanos) == (5, 0)

@@ -28,7 +28,8 @@ if stale_config(cfg_key, cfg_version) then return reply({'STALE'}) end
 
 local hold = r[2]
 local held = state == 'held'
-local late = now_ms > tonumber(r[4])
+-- Expired from its expiry instant on, as extend, expire and the sweeper see it.
+local late = now_ms >= tonumber(r[4])
 local balances = {}
 local commit_periods = {}
 for i = 1, n do
@@ -36,7 +37,7 @@ for i = 1, n do
   if b then
     write_reset(b)
     redis.call('HINCRBY', b.key, 'spent', actual)
-    if held then redis.call('HINCRBY', b.key, 'reserved', '-' .. hold) end
+    if held then unhold(b.key, hold) end
     refresh(b)
     balances[#balances + 1] = balance(b, false)
     commit_periods[i] = b.pstart

@@ -66,6 +66,12 @@ local function refresh(b)
   b.reserved = v[2] or '0'
 end
 
+-- Take `amount` (a decimal string) back out of a budget's holds. Redis refuses '-0' as an
+-- integer, so a zero hold is skipped rather than decremented.
+local function unhold(key, amount)
+  if amount ~= '0' then redis.call('HINCRBY', key, 'reserved', '-' .. amount) end
+end
+
 local function stale_config(cfg_key, cfg_version)
   local current = redis.call('HGET', cfg_key, '_v') or '0'
   return current ~= cfg_version

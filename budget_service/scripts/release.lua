@@ -19,7 +19,7 @@ if r[3] ~= uids then return reply({'KEYS', r[3]}) end
 local hold = r[2]
 for i = 1, n do
   if redis.call('EXISTS', KEYS[2 + i]) == 1 then
-    redis.call('HINCRBY', KEYS[2 + i], 'reserved', '-' .. hold)
+    unhold(KEYS[2 + i], hold)
   end
 end
 redis.call('HSET', res_key, 'state', 'released', 'released', hold)
