@@ -104,7 +104,7 @@ async def test_counters_and_holds_survive_a_redis_restart(isolated, org):
 
 
 async def test_budget_saved_while_redis_is_down_is_applied_when_it_returns(isolated, org):
-    app, redis, budgets, admin = isolated
+    _app, redis, budgets, admin = isolated
     await upsert(admin, org, "cap", usd("1"))
     redis.stop()
     with pytest.raises(grpc.aio.AioRpcError) as down:
