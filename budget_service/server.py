@@ -25,6 +25,7 @@ from budget_service.engine import Engine
 from budget_service.errors import ConfigError
 from budget_service.handlers import BudgetService
 from budget_service.periodic import Periodic
+from budget_service.redis_wire import Address, RedisWire
 from budget_service.settings import Settings
 from budget_service.sweeper import Sweeper
 from genproto.budget.v1 import budget_pb2, budget_pb2_grpc
@@ -60,6 +61,7 @@ class App:
         for job in self.background:
             await job.stop()
         await self.server.stop(self.settings.shutdown_grace_seconds)
+        self.engine.scripts.close()
         await self.redis.aclose()
         await self.pool.close()
         self.stopped.set()
@@ -78,7 +80,10 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
         timeout_seconds=settings.redis_timeout_seconds,
         pool_size=settings.redis_pool_size,
     )
-    scripts = store.Scripts(redis)
+    wire = RedisWire(
+        Address.from_url(settings.redis_url), timeout_seconds=settings.redis_timeout_seconds
+    )
+    scripts = store.Scripts(redis, wire)
     await scripts.load()
     pool = await db.connect(settings.database_url)
     await db.migrate(pool)
@@ -108,6 +113,7 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     except RuntimeError:
         port = 0
     if port == 0:
+        scripts.close()
         await redis.aclose()
         await pool.close()
         raise ConfigError(

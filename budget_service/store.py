@@ -1,8 +1,10 @@
 """Redis access: the Lua scripts, loaded once and called by SHA, and the errors of the wire.
 
-Every state change of a budget is one call to one of these scripts. A script missing from the
-server's cache (NOSCRIPT, after a Redis restart or failover) is loaded again and the call
-retried once, transparently.
+Every state change of a budget is one call to one of these scripts, sent over a lean pipelined
+connection (redis_wire.py); reads off the hot path (status, sweeper, config) use redis-py. A
+script missing from the server's cache (NOSCRIPT, after a Redis restart or failover) is loaded
+again and the call retried, transparently; so is a call whose connection was lost, on a new
+connection: every script is idempotent by its ids, so running it twice changes nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from budget_service.errors import ScriptError, Unavailable
+from budget_service.redis_wire import Address, RedisWire, ReplyError, WireError
 
 log = structlog.get_logger(__name__)
 
@@ -42,10 +45,11 @@ def script_source(name: str) -> str:
 
 
 class Scripts:
-    """The service's Lua scripts on one Redis client."""
+    """The service's Lua scripts; `client` stays available for plain reads."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, wire: RedisWire | None = None) -> None:
         self.client = client
+        self.wire = wire or _wire_like(client)
         self.sources = {name: script_source(name) for name in SCRIPT_NAMES}
         self.shas = {
             name: hashlib.sha1(src.encode()).hexdigest() for name, src in self.sources.items()
@@ -53,24 +57,39 @@ class Scripts:
 
     async def load(self) -> None:
         """Load every script into Redis (also checks that each one compiles)."""
-        for name, source in self.sources.items():
-            sha = await redis_call(self.client.script_load(source))
-            if sha != self.shas[name]:
-                raise RuntimeError(f"Redis returned sha {sha} for script {name}")
+        for name in self.sources:
+            await self._load(name)
+
+    async def _load(self, name: str) -> None:
+        try:
+            sha = await self.wire.call("SCRIPT", "LOAD", self.sources[name])
+        except WireError as exc:
+            raise Unavailable(f"Redis is unreachable ({exc}); retry later") from exc
+        if sha != self.shas[name]:
+            raise ScriptError(f"Redis returned sha {sha} for script {name}")
 
     async def run(self, name: str, keys: list[str], args: list[str | int]) -> Any:
-        """Run a script by SHA and decode its JSON reply; reload it once on NOSCRIPT."""
-        try:
-            raw = await self.client.evalsha(self.shas[name], len(keys), *keys, *args)
-        except redis_errors.NoScriptError:
-            await redis_call(self.client.script_load(self.sources[name]))
-            raw = await redis_call(self.client.evalsha(self.shas[name], len(keys), *keys, *args))
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise Unavailable(f"Redis is unreachable ({type(exc).__name__}); retry later") from exc
-        except redis_errors.ResponseError as exc:
-            log.error("script.failed", script=name, error=str(exc))
-            raise ScriptError(f"internal error in the {name} script; see the service log") from exc
-        return json.loads(raw)
+        """Run a script by SHA and decode its JSON reply."""
+        for attempt in range(3):
+            try:
+                raw = await self.wire.call("EVALSHA", self.shas[name], len(keys), *keys, *args)
+                return json.loads(raw)
+            except ReplyError as exc:
+                if str(exc).startswith("NOSCRIPT") and attempt < 2:
+                    await self._load(name)
+                    continue
+                log.error("script.failed", script=name, error=str(exc))
+                raise ScriptError(
+                    f"internal error in the {name} script; see the service log"
+                ) from exc
+            except WireError as exc:
+                if attempt == 0:  # one retry on a fresh connection: Redis may have restarted
+                    continue
+                raise Unavailable(f"Redis is unreachable ({exc}); retry later") from exc
+        raise Unavailable(f"script {name} could not be run; retry later")
+
+    def close(self) -> None:
+        self.wire.close()
 
 
 async def redis_call(awaitable: Any) -> Any:
@@ -95,3 +114,18 @@ def connect(url: str, *, timeout_seconds: float, pool_size: int) -> aioredis.Red
         retry=Retry(NoBackoff(), 1),
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+def _wire_like(client: aioredis.Redis) -> RedisWire:
+    """A wire to the same server, database and credentials as a redis-py client."""
+    kw = client.connection_pool.connection_kwargs
+    address = Address(
+        host=kw.get("host", "127.0.0.1"),
+        port=int(kw.get("port", 6379)),
+        db=int(kw.get("db", 0)),
+        username=kw.get("username"),
+        password=kw.get("password"),
+        tls=bool(kw.get("ssl", False)) or "SSL" in client.connection_pool.connection_class.__name__,
+    )
+    timeout = kw.get("socket_timeout") or 1.0
+    return RedisWire(address, timeout_seconds=float(timeout))

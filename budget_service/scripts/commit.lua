@@ -20,7 +20,7 @@ local state = r[1]
 if not state then return reply({'NOTFOUND'}) end
 if state == 'committed' then
   if r[5] ~= fingerprint then return reply({'MISMATCH'}) end
-  return reply({'DUP', cjson.decode(r[6])})
+  return '["DUP",' .. r[6] .. ']'
 end
 if state == 'released' then return reply({'RELEASED'}) end
 if r[3] ~= uids then return reply({'KEYS', r[3]}) end
@@ -36,9 +36,8 @@ for i = 1, n do
   local b = read_budget(KEYS[3 + i], ARGV[8 + i])
   if b then
     write_reset(b)
-    redis.call('HINCRBY', b.key, 'spent', actual)
-    if held then unhold(b.key, hold) end
-    refresh(b)
+    incr(b, 'spent', actual)
+    if held then unhold_budget(b, hold) end
     balances[#balances + 1] = balance(b, false)
     commit_periods[i] = b.pstart
   else
@@ -47,9 +46,9 @@ for i = 1, n do
 end
 local released = '0'
 if held then released = hold end
-local result = {actual, hold, released, late and 1 or 0, balances}
+local encoded = cjson.encode({actual, hold, released, late and 1 or 0, balances})
 redis.call('HSET', res_key, 'state', 'committed', 'charged', actual, 'refunded', '0',
-  'cfp', fingerprint, 'cps', table.concat(commit_periods, ','), 'cres', cjson.encode(result))
+  'cfp', fingerprint, 'cps', table.concat(commit_periods, ','), 'cres', encoded)
 redis.call('PEXPIRE', res_key, retention_ms)
 redis.call('ZREM', exp_key, reservation_id)
-return reply({'OK', result})
+return ok_reply(encoded)

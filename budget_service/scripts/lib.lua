@@ -59,11 +59,26 @@ local function balance(b, exceeded)
   return {b.id, b.limit, b.od, b.mode, b.spent, b.reserved, exceeded and 1 or 0}
 end
 
--- Re-read counters after HINCRBY so the answer carries exact strings, not doubles.
-local function refresh(b)
-  local v = redis.call('HMGET', b.key, 'spent', 'reserved')
-  b.spent = v[1] or '0'
-  b.reserved = v[2] or '0'
+-- HINCRBY a budget counter by `amount` (a decimal string) and keep the new value as an exact
+-- string: the reply is a double in Lua, exact below 2^53; above, the counter is read back.
+local function incr(b, field, amount)
+  local v = redis.call('HINCRBY', b.key, field, amount)
+  if v < 9007199254740992 and v > -9007199254740992 then
+    b[field] = string.format('%d', v)
+  else
+    b[field] = redis.call('HGET', b.key, field)
+  end
+end
+
+-- Take `amount` back out of a budget's holds. Redis refuses '-0' as an integer, so a zero
+-- hold is skipped rather than decremented.
+local function unhold_budget(b, amount)
+  if amount ~= '0' then incr(b, 'reserved', '-' .. amount) end
+end
+
+-- The reply of a successful call whose answer was already encoded (and stored) as JSON.
+local function ok_reply(encoded)
+  return '["OK",' .. encoded .. ']'
 end
 
 -- Take `amount` (a decimal string) back out of a budget's holds. Redis refuses '-0' as an

@@ -18,7 +18,7 @@ local n = tonumber(ARGV[9])
 local existing = redis.call('HMGET', res_key, 'fp', 'rres')
 if existing[1] then
   if existing[1] ~= fingerprint then return reply({'MISMATCH'}) end
-  return reply({'DUP', cjson.decode(existing[2])})
+  return '["DUP",' .. existing[2] .. ']'
 end
 if stale_config(cfg_key, cfg_version) then return reply({'STALE'}) end
 
@@ -46,15 +46,13 @@ if #refused > 0 then return reply({'REFUSED', refused}) end
 for i = 1, n do
   local b = budgets[i][1]
   write_reset(b)
-  redis.call('HINCRBY', b.key, 'reserved', amount)
-  refresh(b)
+  incr(b, 'reserved', amount)
   balances[i] = balance(b, budgets[i][2])
 end
-local result = {amount, expires_ms, balances}
+local encoded = cjson.encode({amount, expires_ms, balances})
 redis.call('HSET', res_key, 'fp', fingerprint, 'state', 'held', 'amount', amount,
-  'uids', table.concat(uids, ','), 'exp', expires_ms, 'created', now_ms,
-  'rres', cjson.encode(result))
+  'uids', table.concat(uids, ','), 'exp', expires_ms, 'created', now_ms, 'rres', encoded)
 -- Relative TTL: Redis's clock need not agree with the service's.
 redis.call('PEXPIRE', res_key, tonumber(expires_ms) - tonumber(now_ms) + retention_ms)
 redis.call('ZADD', exp_key, expires_ms, reservation_id)
-return reply({'OK', result})
+return ok_reply(encoded)
