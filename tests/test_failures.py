@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -146,3 +148,26 @@ async def test_calls_cancelled_by_client_deadlines_leave_the_service_healthy(bud
             timeout=5,
         )  # fmt: skip
     assert (await status(admin, org, "cap")).reserved_nanos == 300 * usd("0.01")
+
+
+async def test_frozen_redis_fails_closed_within_the_call_deadline(isolated, org):
+    _app, redis, budgets, admin = isolated
+    await upsert(admin, org, "cap", usd("1"))
+    await reserve(budgets, org, usd("0.10"))
+    os.kill(redis.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as frozen:
+            await budgets.Reserve(
+                pb.ReserveRequest(reservation_id="frozen", subject=pb.Subject(org=org),
+                                  amount_nanos=usd("0.10")),
+                timeout=3,
+            )  # fmt: skip
+        assert frozen.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - started < 3
+    finally:
+        os.kill(redis.pid, signal.SIGCONT)
+    held = await reserve(budgets, org, usd("0.10"), reservation_id="frozen")
+    # The frozen call may have run once Redis woke: its retry answers the same single hold.
+    assert held.reserved_nanos == usd("0.10")
+    assert (await status(admin, org, "cap")).reserved_nanos == usd("0.20")
