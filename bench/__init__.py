@@ -5,9 +5,11 @@ drives them from several client processes, prints a table of figures and, with `
 writes them as JSON. Figures are reported next to their aims, never asserted.
 
 Modules:
-    cli       argument parsing, the phases in order, the report
-    stack     Redis, PostgreSQL and the service processes: start, readiness, cleanup
-    client    the load-generating client processes (grpc.aio, closed and open loop)
-    procfs    CPU time and TCP socket ownership read from /proc
-    profiling the service under cProfile (only during the budget phase) and its summary
+    cli        argument parsing, the phases in order, the report
+    stack      Redis, PostgreSQL and the service processes: start, readiness, cleanup
+    client     the load-generating client processes (grpc.aio, closed and open loop)
+    probe      Redis time per reserve / commit script with one call in flight
+    procfs     CPU time, run-queue waits and TCP socket ownership read from /proc
+    profiling  the service under cProfile (only during the budget phase) and its summary
+    breakdown  `python -m bench.breakdown`: a budget call's CPU in the service, step by step
 """

@@ -36,7 +36,7 @@ from typing import Any
 import grpc
 import redis
 
-from bench import client, procfs, profiling
+from bench import client, probe, procfs, profiling
 from bench.client import Phase, Result
 from bench.stack import BenchError, Stack
 
@@ -52,7 +52,9 @@ AIMS = {
     "ratio_budget_to_ceiling": ">= 0.6",
     "half_load_reserve_p99_us": "< 2000",
     "redis_us_per_reserve_script": "< 15",
+    "redis_us_per_reserve_script_unloaded": "< 15",
 }
+PROBE_CALLS = 500  # phase 5: scripts one at a time
 PHASE_LEAD_NS = 300_000_000  # time for a phase message to reach every client before it starts
 
 
@@ -68,27 +70,55 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=2, help="client processes")
     p.add_argument("--concurrency", type=int, default=32, help="in-flight calls per client")
     p.add_argument("--seconds", type=float, default=5.0, help="measured window of each phase")
-    p.add_argument("--warmup", type=float, default=None,
-                   help="warm-up before each window (default: min(1, seconds/2))")
-    p.add_argument("--reserve-seconds", type=float, default=None,
-                   help="window of the reserve-only phase (default: max(0.5, seconds/2))")
-    p.add_argument("--server-procs", type=int, default=1,
-                   help="budget service processes sharing the port (SO_REUSEPORT)")
-    p.add_argument("--channels", type=int, default=None,
-                   help="grpc channels (TCP connections) per client (default: server-procs),"
-                        " spread evenly over the service processes")
-    p.add_argument("--budgets", type=int, default=1, choices=range(1, len(BUDGETS) + 1),
-                   metavar=f"1..{len(BUDGETS)}",
-                   help="budgets covering every request (org cap, then team, key+provider,"
-                        " user, model)")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="warm-up before each window (default: min(1, seconds/2))",
+    )
+    p.add_argument(
+        "--reserve-seconds",
+        type=float,
+        default=None,
+        help="window of the reserve-only phase (default: max(0.5, seconds/2))",
+    )
+    p.add_argument(
+        "--server-procs",
+        type=int,
+        default=1,
+        help="budget service processes sharing the port (SO_REUSEPORT)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=None,
+        help="grpc channels (TCP connections) per client (default: server-procs),"
+        " spread evenly over the service processes",
+    )
+    p.add_argument(
+        "--budgets",
+        type=int,
+        default=1,
+        choices=range(1, len(BUDGETS) + 1),
+        metavar=f"1..{len(BUDGETS)}",
+        help="budgets covering every request (org cap, then team, key+provider, user, model)",
+    )
     p.add_argument("--log-level", default="warning", help="LOG_LEVEL of the service")
-    p.add_argument("--profile-server", type=Path, metavar="PATH", default=None,
-                   help="run the service under cProfile during the budget phase, write the"
-                        " stats (of service process 0) to PATH and print a summary")
+    p.add_argument(
+        "--profile-server",
+        type=Path,
+        metavar="PATH",
+        default=None,
+        help="run the service under cProfile during the budget phase, write the"
+        " stats (of service process 0) to PATH and print a summary",
+    )
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
-    p.add_argument("--keep-dir", action="store_true",
-                   help="keep the temporary folder (logs, data) instead of removing it")
-    args = p.parse_args(argv)  # fmt: skip
+    p.add_argument(
+        "--keep-dir",
+        action="store_true",
+        help="keep the temporary folder (logs, data) instead of removing it",
+    )
+    args = p.parse_args(argv)
     for name in ("clients", "concurrency", "server_procs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -109,15 +139,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class Clients:
     """The client processes: started once, connected, then driven phase by phase."""
 
-    def __init__(self, count: int, make_config: Any) -> None:
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process that runs grpc
+    def __init__(self) -> None:
         self.procs: list[multiprocessing.process.BaseProcess] = []
         self.conns: list[Connection] = []
-        self.placement: list[list[int]] = []
+        self.placement: list[list[int]] = []  # per client: the service pid of each channel
+
+    def start(self, count: int, make_config: Any) -> None:
+        """Start `count` clients and wait until each is connected (close() undoes it all)."""
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that runs grpc
         for i in range(count):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=client.main, args=(child, make_config(i)),
-                               name=f"bench-client-{i}", daemon=True)  # fmt: skip
+            proc = ctx.Process(
+                target=client.main,
+                args=(child, make_config(i)),
+                name=f"bench-client-{i}",
+                daemon=True,
+            )
             proc.start()
             child.close()
             self.procs.append(proc)
@@ -144,8 +181,11 @@ class Clients:
         return payload
 
     def send(self, phases: list[Phase]) -> None:
-        for conn, phase in zip(self.conns, phases, strict=True):
-            conn.send(phase)
+        for i, (conn, phase) in enumerate(zip(self.conns, phases, strict=True)):
+            try:
+                conn.send(phase)
+            except OSError as exc:
+                raise BenchError(f"client {i} is gone ({exc})") from None
 
     def collect(self, timeout: float) -> list[Result]:
         return [self._receive(i, "result", timeout) for i in range(len(self.conns))]
@@ -185,6 +225,8 @@ class CpuSample:
     roles: dict[str, float]
     threads: dict[str, float]
     machine: procfs.MachineCpu
+    waits: dict[str, float]  # role -> seconds its main thread(s) waited for a CPU
+    pressure: float  # PSI: seconds some task waited for a CPU
 
 
 @dataclass
@@ -219,18 +261,24 @@ class PhaseOutcome:
             "calls": self.counts,
             "calls_per_s": round(self.calls_per_s, 1),
             "latency_us": {
-                op: {"p50": self.p(op, 0.50), "p90": self.p(op, 0.90), "p99": self.p(op, 0.99),
-                     "max": self.p(op, 1.0)}
+                op: {
+                    "p50": self.p(op, 0.50),
+                    "p90": self.p(op, 0.90),
+                    "p99": self.p(op, 0.99),
+                    "max": self.p(op, 1.0),
+                }
                 for op in self.latencies
-            },  # fmt: skip
+            },
             "errors": dict(self.errors),
             "cpu": self.cpu,
         }
         if self.error_sample:
             out["error_sample"] = self.error_sample
         if self.lags:
-            out["open_loop_start_lag_us"] = {"p50": percentile_us(self.lags, 0.5),
-                                             "p99": percentile_us(self.lags, 0.99)}  # fmt: skip
+            out["open_loop_start_lag_us"] = {
+                "p50": percentile_us(self.lags, 0.5),
+                "p99": percentile_us(self.lags, 0.99),
+            }
             out["dropped_arrivals"] = self.dropped
         if self.redis:
             out["redis"] = self.redis
@@ -248,30 +296,43 @@ class Bench:
         self.clients: Clients | None = None
         self.redis: redis.Redis | None = None
         self.profile_text = ""
+        self.probe: dict[str, Any] = {}
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Bench]:
         try:
-            log(f"starting Redis, PostgreSQL and {self.args.server_procs} budget service"
-                f" process(es) ...")  # fmt: skip
-            self.stack = Stack(server_procs=self.args.server_procs, log_level=self.args.log_level,
-                               profile=self.args.profile_server is not None,
-                               keep_dir=self.args.keep_dir)  # fmt: skip
+            log(
+                f"starting Redis, PostgreSQL and {self.args.server_procs} budget service"
+                f" process(es) ..."
+            )
+            self.stack = Stack(
+                server_procs=self.args.server_procs,
+                log_level=self.args.log_level,
+                profile=self.args.profile_server is not None,
+                keep_dir=self.args.keep_dir,
+            )
             self.stack.__enter__()
             if self.args.keep_dir:
                 log(f"data and logs in {self.stack.root}")
             self.redis = redis.Redis.from_url(self.stack.redis.url, decode_responses=True)
+            # Redis records every event slower than 1 ms (commands, AOF writes and fsyncs).
+            self.redis.config_set("latency-monitor-threshold", 1)
             self.stack.upsert_budgets(self.org, BUDGETS[: self.args.budgets], LIMIT_NANOS)
             stack = self.stack
             log(f"starting {self.args.clients} client process(es) ...")
-            self.clients = Clients(
+            self.clients = Clients()
+            self.clients.start(
                 self.args.clients,
                 lambda i: client.Config(
-                    index=i, addr=stack.addr, port=stack.port, org=self.org,
-                    run_tag=self.run_tag, channels=self.args.channels,
+                    index=i,
+                    addr=stack.addr,
+                    port=stack.port,
+                    org=self.org,
+                    run_tag=self.run_tag,
+                    channels=self.args.channels,
                     server_pids=stack.service_pids,
                 ),
-            )  # fmt: skip
+            )
             yield self
         finally:
             with _signals_ignored():
@@ -297,10 +358,30 @@ class Bench:
         for pid in self.stack.service_pids:
             for name, seconds in procfs.thread_cpu_seconds(pid).items():
                 threads[name] = threads.get(name, 0.0) + seconds
-        return CpuSample(time.perf_counter_ns(), roles, threads, procfs.machine_cpu())
+        waits = {
+            "service": sum(procfs.runqueue_wait_seconds(p) for p in self.stack.service_pids),
+            "redis": procfs.runqueue_wait_seconds(self.stack.redis.pid or 0),
+            "clients": sum(procfs.runqueue_wait_seconds(p) for p in self.clients.pids),
+        }
+        return CpuSample(
+            time.perf_counter_ns(),
+            roles,
+            threads,
+            procfs.machine_cpu(),
+            waits,
+            procfs.cpu_pressure_seconds(),
+        )
 
-    def phase(self, name: str, kind: str, window_s: float, *, rate_calls_per_s: float = 0.0,
-              before_window: Any = None, after_window: Any = None) -> PhaseOutcome:  # fmt: skip
+    def phase(
+        self,
+        name: str,
+        kind: str,
+        window_s: float,
+        *,
+        rate_calls_per_s: float = 0.0,
+        before_window: Any = None,
+        after_window: Any = None,
+    ) -> PhaseOutcome:
         """Run one phase on every client; CPU is sampled exactly around the window."""
         assert self.clients is not None and self.stack is not None
         args = self.args
@@ -330,8 +411,10 @@ class Bench:
         outcome = _merge(name, window_s, results)
         outcome.cpu = _cpu_use(first, last, outcome.calls)
         if outcome.errors:
-            log(f"  {name}: {outcome.calls:,} calls ok, errors {dict(outcome.errors)}"
-                f" (first: {outcome.error_sample})")  # fmt: skip
+            log(
+                f"  {name}: {outcome.calls:,} calls ok, errors {dict(outcome.errors)}"
+                f" (first: {outcome.error_sample})"
+            )
         if outcome.calls == 0:
             raise BenchError(f"phase {name!r}: no call succeeded ({outcome.error_sample})")
         return outcome
@@ -360,13 +443,17 @@ class Bench:
     def run(self) -> dict[str, Any]:
         args = self.args
         assert self.stack is not None
-        log(f"phase 1/4 ceiling: Health/Check, {args.clients}x{args.concurrency} in flight,"
-            f" {args.seconds:g} s")  # fmt: skip
+        log(
+            f"phase 1/5 ceiling: Health/Check, {args.clients}x{args.concurrency} in flight,"
+            f" {args.seconds:g} s"
+        )
         ceiling = self.phase("ceiling", "ceiling", args.seconds)
         log(f"  {ceiling.calls_per_s:,.0f} calls/s")
 
-        log(f"phase 2/4 budget: Reserve+Commit, {args.clients}x{args.concurrency} in flight,"
-            f" {args.seconds:g} s")  # fmt: skip
+        log(
+            f"phase 2/5 budget: Reserve+Commit, {args.clients}x{args.concurrency} in flight,"
+            f" {args.seconds:g} s"
+        )
         budget_redis: dict[str, Any] = {}
         profiled = self.stack.services[0] if args.profile_server else None
 
@@ -380,32 +467,56 @@ class Bench:
             if profiled is not None:
                 profiled.signal(signal.SIGUSR2)
 
-        budget = self.phase("budget", "budget", args.seconds, before_window=before_budget,
-                            after_window=after_budget)  # fmt: skip
+        budget = self.phase(
+            "budget", "budget", args.seconds, before_window=before_budget, after_window=after_budget
+        )
         budget.redis = budget_redis
-        log(f"  {budget.calls_per_s:,.0f} calls/s"
-            f" (ratio {budget.calls_per_s / ceiling.calls_per_s:.2f})")  # fmt: skip
+        log(
+            f"  {budget.calls_per_s:,.0f} calls/s"
+            f" (ratio {budget.calls_per_s / ceiling.calls_per_s:.2f})"
+        )
         if profiled is not None and args.profile_server is not None:
             self.profile_text = _collect_profile(profiled.profile_path, args.profile_server)
 
         target = budget.calls_per_s / 2
-        log(f"phase 3/4 half load: open loop at {target:,.0f} calls/s, {args.seconds:g} s")
+        log(f"phase 3/5 half load: open loop at {target:,.0f} calls/s, {args.seconds:g} s")
         half = self.phase("half_load", "open", args.seconds, rate_calls_per_s=target)
         log(f"  {half.calls_per_s:,.0f} calls/s achieved")
 
-        log(f"phase 4/4 reserve only: {args.reserve_seconds:g} s (Redis commandstats)")
+        log(f"phase 4/5 reserve only: {args.reserve_seconds:g} s (Redis commandstats)")
         reserve_redis: dict[str, Any] = {}
-        reserve = self.phase("reserve_only", "reserve", args.reserve_seconds,
-                             before_window=self._reset_redis_stats,
-                             after_window=lambda: reserve_redis.update(self._commandstats()))  # fmt: skip
+        reserve = self.phase(
+            "reserve_only",
+            "reserve",
+            args.reserve_seconds,
+            before_window=self._reset_redis_stats,
+            after_window=lambda: reserve_redis.update(self._commandstats()),
+        )
         reserve.redis = reserve_redis
-        log(f"  {reserve.calls_per_s:,.0f} Reserve calls/s,"
-            f" {reserve_redis['evalsha_usec_per_call']:.2f} µs Redis per reserve script")  # fmt: skip
+        log(
+            f"  {reserve.calls_per_s:,.0f} Reserve calls/s,"
+            f" {reserve_redis['evalsha_usec_per_call']:.2f} µs Redis per reserve script"
+        )
+
+        log(f"phase 5/5 scripts one at a time, no load: {PROBE_CALLS} reserves, then commits")
+        assert self.stack is not None
+        self.probe = probe.probe_scripts(self.stack.redis.url, self.org, PROBE_CALLS)
+        log(
+            f"  {self.probe['reserve']['usec_per_call']:.2f} µs Redis per reserve script,"
+            f" {self.probe['commit']['usec_per_call']:.2f} per commit script,"
+            f" {self.probe['empty']['usec_per_call']:.2f} per empty script"
+        )
 
         return self._report(ceiling, budget, half, reserve, target)
 
-    def _report(self, ceiling: PhaseOutcome, budget: PhaseOutcome, half: PhaseOutcome,
-                reserve: PhaseOutcome, target: float) -> dict[str, Any]:  # fmt: skip
+    def _report(
+        self,
+        ceiling: PhaseOutcome,
+        budget: PhaseOutcome,
+        half: PhaseOutcome,
+        reserve: PhaseOutcome,
+        target: float,
+    ) -> dict[str, Any]:
         assert self.redis is not None and self.stack is not None
         reserve_us = float(reserve.redis["evalsha_usec_per_call"])
         mixed_us = float(budget.redis["evalsha_usec_per_call"])
@@ -422,36 +533,71 @@ class Bench:
             "half_load_reserve_p99_us": half.p("reserve", 0.99),
             "redis_us_per_reserve_script": reserve_us,
             "redis_us_per_evalsha_budget_run": mixed_us,
+            "redis_us_per_reserve_script_unloaded": self.probe["reserve"]["usec_per_call"],
+            "redis_us_per_commit_script_unloaded": self.probe["commit"]["usec_per_call"],
+            "redis_us_per_empty_script_unloaded": self.probe["empty"]["usec_per_call"],
+            "reserve_script_in_empty_scripts": round(
+                self.probe["reserve"]["usec_per_call"]
+                / max(self.probe["empty"]["usec_per_call"], 0.01),
+                1,
+            ),
         }
         a = self.args
         return {
             "figures": figures,
             "aims": AIMS,
             "derived": {
+                # Whole-stack CPU per call (service + Redis + PostgreSQL + clients), ceiling over
+                # budget: the ratio the bench would see if its processes had the machine to
+                # themselves and were CPU-bound. Less sensitive to other load than the ratio.
+                "cpu_normalized_ratio": _cpu_ratio(ceiling, budget),
                 # budget-run evalsha is half reserve, half commit scripts
                 "redis_us_per_commit_script_estimate": round(2 * mixed_us - reserve_us, 2),
                 "reserve_only_calls_per_s": round(reserve.calls_per_s, 1),
                 "half_load_target_calls_per_s": round(target, 1),
+                "redis_latency_events_over_1ms": self._latency_events(),
             },
             "machine": machine_info(self.redis),
             "params": {
-                "clients": a.clients, "concurrency_per_client": a.concurrency,
-                "seconds": a.seconds, "warmup_seconds": a.warmup,
-                "reserve_seconds": a.reserve_seconds, "server_procs": a.server_procs,
-                "channels_per_client": a.channels, "budgets_per_request": a.budgets,
-                "service_log_level": a.log_level, "org": self.org,
-                "reserve_nanos": client.RESERVE_NANOS, "actual_nanos": client.ACTUAL_NANOS,
+                "clients": a.clients,
+                "concurrency_per_client": a.concurrency,
+                "seconds": a.seconds,
+                "warmup_seconds": a.warmup,
+                "reserve_seconds": a.reserve_seconds,
+                "server_procs": a.server_procs,
+                "channels_per_client": a.channels,
+                "budgets_per_request": a.budgets,
+                "service_log_level": a.log_level,
+                "org": self.org,
+                "reserve_nanos": client.RESERVE_NANOS,
+                "actual_nanos": client.ACTUAL_NANOS,
                 "connections_per_service_process": self._connections(),
                 "profiled": a.profile_server is not None,
-            },  # fmt: skip
+            },
             "phases": {p.name: p.summary() for p in (ceiling, budget, half, reserve)},
             "profile": self.profile_text,
         }
+
+    def _latency_events(self) -> dict[str, dict[str, int]]:
+        """Redis LATENCY LATEST: event -> latest and max duration (ms) over the run."""
+        assert self.redis is not None
+        try:
+            rows = self.redis.execute_command("LATENCY", "LATEST")  # type: ignore[no-untyped-call]
+        except redis.RedisError:
+            return {}
+        return {str(r[0]): {"latest_ms": int(r[2]), "max_ms": int(r[3])} for r in rows}
 
     def _connections(self) -> list[int]:
         assert self.stack is not None
         owners = procfs.server_connections(self.stack.service_pids, self.stack.port)
         return [len(owners[pid]) for pid in self.stack.service_pids]
+
+
+def _cpu_ratio(ceiling: PhaseOutcome, budget: PhaseOutcome) -> float:
+    roles = ("service", "redis", "postgres", "clients")
+    per_ceiling = sum(ceiling.cpu["cpu_us_per_call"][r] for r in roles)
+    per_budget = sum(budget.cpu["cpu_us_per_call"][r] for r in roles)
+    return round(per_ceiling / per_budget, 3) if per_budget else 0.0
 
 
 def _merge(name: str, window_s: float, results: list[Result]) -> PhaseOutcome:
@@ -467,8 +613,8 @@ def _merge(name: str, window_s: float, results: list[Result]) -> PhaseOutcome:
         errors.update(r.errors)
         sample = sample or r.error_sample
         dropped += r.dropped
-    for values in latencies.values():
-        values.sort()
+    for merged in latencies.values():
+        merged.sort()
     lags.sort()
     counts = {op: len(v) for op, v in latencies.items()}
     return PhaseOutcome(name, window_s, counts, latencies, lags, errors, sample, dropped)
@@ -491,6 +637,12 @@ def _cpu_use(first: CpuSample, last: CpuSample, calls: int) -> dict[str, Any]:
         for name in last.threads
         if last.threads.get(name, 0.0) - first.threads.get(name, 0.0) > 0
     }
+    # Share of the window each role's event-loop thread was ready to run but had no CPU: on an
+    # oversubscribed machine this, not the code, is where tail latency comes from.
+    out["waiting_for_cpu_fraction"] = {
+        role: round((last.waits[role] - first.waits[role]) / wall, 3) for role in first.waits
+    }
+    out["cpu_pressure_some_fraction"] = round((last.pressure - first.pressure) / wall, 3)
     total = last.machine.total - first.machine.total
     busy = (last.machine.busy - first.machine.busy) / total if total else 0.0
     out["machine_busy_fraction"] = round(busy, 3)
@@ -564,29 +716,69 @@ def render(report: dict[str, Any]) -> str:
         f" connections/service process={p['connections_per_service_process']}"
         + (" PROFILED (slower)" if p["profiled"] else ""),
         "",
-        f"{'figure':<44}{'value':>14}   aim",
-        f"{'-' * 44}{'-' * 14}   {'-' * 22}",
+        f"{'figure':<46}{'value':>14}   aim",
+        f"{'-' * 46}{'-' * 14}   {'-' * 22}",
     ]
     rows: list[tuple[str, str, str]] = [
         ("ceiling: Health/Check calls/s", f"{f['ceiling_calls_per_s']:,.0f}", ""),
         ("budget: Reserve+Commit calls/s", f"{f['budget_calls_per_s']:,.0f}", ""),
-        ("RATIO budget / ceiling", f"{f['ratio_budget_to_ceiling']:.3f}",
-         _aim(f["ratio_budget_to_ceiling"], AIMS["ratio_budget_to_ceiling"])),
-        ("Reserve p50 / p99 (µs), full load",
-         f"{f['reserve_p50_us']:,.0f} / {f['reserve_p99_us']:,.0f}", ""),
-        ("Commit p50 / p99 (µs), full load",
-         f"{f['commit_p50_us']:,.0f} / {f['commit_p99_us']:,.0f}", ""),
-        (f"Reserve p50 / p99 (µs), half load ({f['half_load_calls_per_s']:,.0f}/s)",
-         f"{f['half_load_reserve_p50_us']:,.0f} / {f['half_load_reserve_p99_us']:,.0f}",
-         _aim(f["half_load_reserve_p99_us"], AIMS["half_load_reserve_p99_us"]) + " (p99)"),
-        ("Redis µs per reserve script (reserve-only)", f"{f['redis_us_per_reserve_script']:.2f}",
-         _aim(f["redis_us_per_reserve_script"], AIMS["redis_us_per_reserve_script"])),
-        ("Redis µs per evalsha, budget run (mixed)",
-         f"{f['redis_us_per_evalsha_budget_run']:.2f}",
-         f"(commit script ~{d['redis_us_per_commit_script_estimate']:.2f} µs)"),
-    ]  # fmt: skip
+        (
+            "RATIO budget / ceiling",
+            f"{f['ratio_budget_to_ceiling']:.3f}",
+            _aim(f["ratio_budget_to_ceiling"], AIMS["ratio_budget_to_ceiling"]),
+        ),
+        (
+            "Reserve p50 / p99 (µs), full load",
+            f"{f['reserve_p50_us']:,.0f} / {f['reserve_p99_us']:,.0f}",
+            "",
+        ),
+        (
+            "Commit p50 / p99 (µs), full load",
+            f"{f['commit_p50_us']:,.0f} / {f['commit_p99_us']:,.0f}",
+            "",
+        ),
+        (
+            f"Reserve p50 / p99 (µs), half load ({f['half_load_calls_per_s']:,.0f}/s)",
+            f"{f['half_load_reserve_p50_us']:,.0f} / {f['half_load_reserve_p99_us']:,.0f}",
+            _aim(f["half_load_reserve_p99_us"], AIMS["half_load_reserve_p99_us"]) + " (p99)",
+        ),
+        (
+            "Redis µs per reserve script, full load",
+            f"{f['redis_us_per_reserve_script']:.2f}",
+            _aim(f["redis_us_per_reserve_script"], AIMS["redis_us_per_reserve_script"]),
+        ),
+        (
+            "Redis µs per reserve script, 1 in flight",
+            f"{f['redis_us_per_reserve_script_unloaded']:.2f}",
+            _aim(
+                f["redis_us_per_reserve_script_unloaded"],
+                AIMS["redis_us_per_reserve_script_unloaded"],
+            )
+            + " (no load)",
+        ),
+        (
+            "Redis µs per commit script, 1 in flight",
+            f"{f['redis_us_per_commit_script_unloaded']:.2f}",
+            "",
+        ),
+        (
+            "Redis µs per empty script (return 1), baseline",
+            f"{f['redis_us_per_empty_script_unloaded']:.2f}",
+            "",
+        ),
+        (
+            "reserve script / empty script",
+            f"{f['reserve_script_in_empty_scripts']:.1f}x",
+            "(the Redis figure as a same-run ratio)",
+        ),
+        (
+            "Redis µs per evalsha, budget run (mixed)",
+            f"{f['redis_us_per_evalsha_budget_run']:.2f}",
+            f"(commit script ~{d['redis_us_per_commit_script_estimate']:.2f} µs)",
+        ),
+    ]
     for label, value, aim in rows:
-        lines.append(f"{label:<44}{value:>14}   {aim}")
+        lines.append(f"{label:<46}{value:>14}   {aim}")
     half = ph["half_load"]
     lag = half.get("open_loop_start_lag_us", {})
     lines += [
@@ -595,6 +787,8 @@ def render(report: dict[str, Any]) -> str:
         f" p50/p99 {lag.get('p50', 0):,.0f}/{lag.get('p99', 0):,.0f} µs;"
         f" dropped arrivals {half.get('dropped_arrivals', 0)}",
         f"reserve-only closed loop: {d['reserve_only_calls_per_s']:,.0f} Reserve calls/s",
+        f"CPU-normalized ratio (whole-stack CPU µs per call, ceiling / budget):"
+        f" {d['cpu_normalized_ratio']:.3f}  (the ratio if nothing else ran on the machine)",
         "",
         "CPU over each measured window (cores busy | CPU µs per call):",
         f"  {'phase':<13}{'calls/s':>9}  {'service':>16}{'redis':>16}{'postgres':>16}"
@@ -604,22 +798,43 @@ def render(report: dict[str, Any]) -> str:
         cpu = phase["cpu"]
         cores, per = cpu["cores_busy"], cpu["cpu_us_per_call"]
         cells = "".join(
-            f"{cores[r]:>9.2f} |{per[r]:>5.0f}" for r in ("service", "redis", "postgres",
-                                                           "clients")
-        )  # fmt: skip
-        lines.append(f"  {name:<13}{phase['calls_per_s']:>9,.0f}  {cells}"
-                     f"{cores['other']:>13.2f}   {cpu['machine_busy_fraction']:.0%}")  # fmt: skip
+            f"{cores[r]:>9.2f} |{per[r]:>5.0f}" for r in ("service", "redis", "postgres", "clients")
+        )
+        lines.append(
+            f"  {name:<13}{phase['calls_per_s']:>9,.0f}  {cells}"
+            f"{cores['other']:>13.2f}   {cpu['machine_busy_fraction']:.0%}"
+        )
+    lines.append(
+        "  waiting for a CPU, share of the window (event-loop threads of service / redis /"
+        " clients summed; PSI some):"
+    )
+    for name, phase in ph.items():
+        w = phase["cpu"]["waiting_for_cpu_fraction"]
+        lines.append(
+            f"    {name:<13}{w['service']:>6.0%}{w['redis']:>6.0%}{w['clients']:>6.0%}"
+            f"{phase['cpu']['cpu_pressure_some_fraction']:>6.0%}"
+        )
     threads = ph["budget"]["cpu"]["service_threads_cores_busy"]
     if threads:
         top = sorted(threads.items(), key=lambda kv: -kv[1])[:6]
-        lines.append("  service threads in budget phase (cores): "
-                     + ", ".join(f"{n}={c:.2f}" for n, c in top))  # fmt: skip
+        lines.append(
+            "  service threads in budget phase (cores): "
+            + ", ".join(f"{n}={c:.2f}" for n, c in top)
+        )
+    if d["redis_latency_events_over_1ms"]:
+        events = ", ".join(
+            f"{name} max {e['max_ms']} ms" for name, e in d["redis_latency_events_over_1ms"].items()
+        )
+        lines.append(f"  Redis events over 1 ms during the run: {events}")
     errors = {n: ph[n]["errors"] for n in ph if ph[n]["errors"]}
     if errors:
         lines.append(f"errors: {errors}")
     if report.get("profile"):
-        lines += ["", "service profile, budget phase (cProfile, event-loop thread CPU):",
-                  report["profile"]]  # fmt: skip
+        lines += [
+            "",
+            "service profile, budget phase (cProfile, event-loop thread CPU):",
+            report["profile"],
+        ]
     lines.append("")
     return "\n".join(lines)
 

@@ -86,8 +86,10 @@ class Result:
     """What a client measured in one phase's window."""
 
     window_ns: int
-    latencies: dict[str, array] = field(default_factory=dict)  # op -> ns, completions in window
-    lags: array = field(default_factory=lambda: array("q"))  # open loop: start - scheduled, ns
+    latencies: dict[str, array[int]] = field(
+        default_factory=dict
+    )  # op -> ns, completions in window
+    lags: array[int] = field(default_factory=lambda: array("q"))  # open loop: start - scheduled, ns
     errors: Counter[str] = field(default_factory=Counter)  # "op:CODE" -> calls, whole phase
     error_sample: str = ""  # the first error's details
     dropped: int = 0  # open loop: arrivals not started (too many outstanding)
@@ -141,7 +143,7 @@ class Client:
         self.channels: list[grpc.aio.Channel] = []
         self.placement: list[int] = []  # server pid of each channel (0 if unknown)
         self._ids = itertools.count()
-        self._subject = pb.Subject(org=config.org, **SUBJECT)
+        self._subject = pb.Subject(org=config.org, **SUBJECT)  # type: ignore[arg-type]
         self._ttl = duration_pb2.Duration(seconds=HOLD_TTL_SECONDS)
 
     async def connect(self) -> None:
@@ -153,7 +155,7 @@ class Client:
             self.channels.append(channel)
             self.placement.append(pid)
         self._health = [health_pb2_grpc.HealthStub(c).Check for c in self.channels]
-        budget_stubs = [budget_pb2_grpc.BudgetServiceStub(c) for c in self.channels]
+        budget_stubs = [budget_pb2_grpc.BudgetServiceStub(c) for c in self.channels]  # type: ignore[no-untyped-call]
         self._reserve = [s.Reserve for s in budget_stubs]
         self._commit = [s.Commit for s in budget_stubs]
 
@@ -170,7 +172,7 @@ class Client:
                 # Its own subchannel pool: a TCP connection of its own, not one shared.
                 options=[("grpc.use_local_subchannel_pool", 1)],
             )
-            await channel.channel_ready()
+            await asyncio.wait_for(channel.channel_ready(), CALL_TIMEOUT)
             await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT
             )
@@ -179,7 +181,7 @@ class Client:
             owner = self._owner(procfs.socket_inodes() - before)
             if owner == target_pid:
                 return channel, owner
-            await channel.close()
+            await channel.close(None)
         raise RuntimeError(f"client {self.config.index}: could not reach server pid {target_pid}")
 
     def _owner(self, new_inodes: set[int]) -> int:
@@ -188,7 +190,8 @@ class Client:
         ports = {
             s.local_port
             for s in sockets
-            if s.inode in new_inodes and s.remote_port == self.config.port
+            if s.inode in new_inodes
+            and s.remote_port == self.config.port
             and s.state == procfs.TCP_ESTABLISHED
         }
         peers = procfs.server_connections(self.config.server_pids, self.config.port)
@@ -199,7 +202,7 @@ class Client:
 
     async def close(self) -> None:
         for channel in self.channels:
-            await channel.close()
+            await channel.close(None)
 
     # --- phases ---------------------------------------------------------------------------
 
@@ -213,8 +216,11 @@ class Client:
         if phase.kind == "open":
             await self._open_loop(phase, recorder, end)
         else:
-            op = {"ceiling": self._check, "budget": self._reserve_commit,
-                  "reserve": self._reserve_only}[phase.kind]  # fmt: skip
+            op = {
+                "ceiling": self._check,
+                "budget": self._reserve_commit,
+                "reserve": self._reserve_only,
+            }[phase.kind]
             await asyncio.gather(
                 *(self._closed_slot(op, slot, recorder, end) for slot in range(phase.concurrency))
             )
@@ -308,7 +314,7 @@ class _Recorder:
     def __init__(self, begin: int, end: int) -> None:
         self.begin = begin
         self.end = end
-        self.latencies: dict[str, array] = {}
+        self.latencies: dict[str, array[int]] = {}
         self.lags = array("q")
         self.errors: Counter[str] = Counter()
         self.error_sample = ""
@@ -327,5 +333,6 @@ class _Recorder:
             self.error_sample = f"{op}: {exc.code().name}: {exc.details()}"
 
     def result(self, window_ns: int) -> Result:
-        return Result(window_ns, self.latencies, self.lags, self.errors, self.error_sample,
-                      self.dropped)
+        return Result(
+            window_ns, self.latencies, self.lags, self.errors, self.error_sample, self.dropped
+        )

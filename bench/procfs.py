@@ -158,3 +158,24 @@ def server_connections(server_pids: list[int], port: int) -> dict[int, list[int]
         if s.state == TCP_ESTABLISHED and s.local_port == port and s.inode in owners:
             result[owners[s.inode]].append(s.remote_port)
     return result
+
+
+def runqueue_wait_seconds(pid: int) -> float:
+    """Seconds the main thread of `pid` spent runnable but waiting for a CPU (schedstat)."""
+    try:
+        fields = Path(f"/proc/{pid}/schedstat").read_text().split()
+    except OSError:
+        return 0.0
+    return int(fields[1]) / 1e9 if len(fields) > 1 else 0.0
+
+
+def cpu_pressure_seconds() -> float:
+    """Total seconds some task waited for a CPU (PSI `some` line), 0 without PSI."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return 0.0
+    for part in line.split():
+        if part.startswith("total="):
+            return int(part[6:]) / 1e6
+    return 0.0

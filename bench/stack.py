@@ -55,8 +55,9 @@ def _single_threaded() -> bool:
 class ServiceProcess:
     """One `python -m budget_service`, its output in a log file."""
 
-    def __init__(self, index: int, env: dict[str, str], log_path: Path,
-                 profile_path: Path | None) -> None:  # fmt: skip
+    def __init__(
+        self, index: int, env: dict[str, str], log_path: Path, profile_path: Path | None
+    ) -> None:
         self.index = index
         self.env = env
         self.log_path = log_path
@@ -121,8 +122,9 @@ class ServiceProcess:
 class Stack:
     """Redis, PostgreSQL and the budget service processes of one run."""
 
-    def __init__(self, *, server_procs: int, log_level: str, profile: bool = False,
-                 keep_dir: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, *, server_procs: int, log_level: str, profile: bool = False, keep_dir: bool = False
+    ) -> None:
         self.server_procs = server_procs
         self.log_level = log_level
         self.profile = profile
@@ -145,8 +147,12 @@ class Stack:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def start(self) -> None:
@@ -166,6 +172,9 @@ class Stack:
             "LOG_LEVEL": self.log_level,
             "SHUTDOWN_GRACE_SECONDS": "2",
         }
+        if self.server_procs > 1:
+            # The service refuses a taken address unless told to share it (SO_REUSEPORT).
+            env["BUDGET_REUSE_PORT"] = "1"
         # One at a time: each migrates and reconciles on start, and readiness is per process.
         for i in range(self.server_procs):
             profile_path = self.root / f"service-{i}.prof" if self.profile else None
@@ -230,11 +239,12 @@ class Stack:
 
     # --- setup and figures ----------------------------------------------------------------
 
-    def upsert_budgets(self, org: str, budgets: list[tuple[str, dict[str, str]]],
-                       limit_nanos: int) -> None:  # fmt: skip
+    def upsert_budgets(
+        self, org: str, budgets: list[tuple[str, dict[str, str]]], limit_nanos: int
+    ) -> None:
         """Create the run's budgets through BudgetAdminService (PostgreSQL, then Redis)."""
         with grpc.insecure_channel(self.addr) as channel:
-            admin = budget_pb2_grpc.BudgetAdminServiceStub(channel)
+            admin = budget_pb2_grpc.BudgetAdminServiceStub(channel)  # type: ignore[no-untyped-call]
             for budget_id, selector in budgets:
                 admin.UpsertBudget(
                     pb.UpsertBudgetRequest(
