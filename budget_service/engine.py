@@ -6,6 +6,7 @@ answer; every check and every change happens inside one atomic Lua script (scrip
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,66 +179,86 @@ class Engine:
             starts.append(bounds_ms(b.period, b.timezone, now)[0] if b else 0)
         return starts
 
-    async def commit(
-        self, org: str, reservation_id: str, fingerprint: str, actual: Nanos
-    ) -> Committed:
-        """Charge `actual`, give back the hold; a retry answers the first commit's result."""
+    async def _priced_script(
+        self,
+        name: str,
+        org: str,
+        reservation_id: str,
+        extra_keys: list[str],
+        make_args: Callable[[str, int, str, list[str | int]], list[str | int]],
+    ) -> Any:
+        """Run a script that changes a reservation's budgets' spend, answering its reply.
+
+        The script learns which budgets the reservation holds (KEYS: this replica did not make
+        it) and checks the config version (STALE: periods were computed from old config); each
+        costs one more try, changes nothing, and is bounded.
+        """
         uids = self._uids.get((org, reservation_id), "")
         config = await self.cache.get(org)
         for _ in range(ATTEMPTS):
             now = self.clock.now_ms()
             periods = self._periods(config, uids, now)
             reply = await self.scripts.run(
-                "commit",
+                name,
                 [
                     keys.config(org),
                     keys.reservation(org, reservation_id),
-                    keys.expiries(org),
+                    *extra_keys,
                     *(keys.budget(org, u) for u in _split(uids)),
                 ],
-                [
-                    config.version,
-                    reservation_id,
-                    fingerprint,
-                    actual,
-                    now,
-                    self.retention_ms,
-                    uids,
-                    len(periods),
-                    *periods,
-                ],
+                make_args(config.version, now, uids, periods),
             )
-            status = reply[0]
-            if status == "KEYS":
+            if reply[0] == "KEYS":
                 uids = reply[1]
-                continue
-            if status == "STALE":
+            elif reply[0] == "STALE":
                 config = await self.cache.reload(org)
-                continue
-            if status == "NOTFOUND":
+            elif reply[0] == "NOTFOUND":
                 raise _not_found(reservation_id)
-            if status == "MISMATCH":
-                raise IdempotencyConflict(
-                    f"reservation {reservation_id!r} was already committed with a different"
-                    " actual cost; a reservation is charged once"
-                )
-            if status == "RELEASED":
-                raise FailedPrecondition(
-                    f"reservation {reservation_id!r} was released; it cannot be committed"
-                    " (reserve again for a new call)"
-                )
-            self._uids.pop((org, reservation_id), None)
-            charged, hold, released, late, rows = reply[1]
-            charged_n, hold_n = int(charged), int(hold)
-            overage = max(0, charged_n - hold_n)
-            return Committed(
-                charged_n,
-                int(released) - min(int(released), charged_n),
-                overage,
-                bool(late),
-                _balances(rows),
+            else:
+                return reply
+        raise Unavailable("reservation or config changed during the call; retry it")
+
+    async def commit(
+        self, org: str, reservation_id: str, fingerprint: str, actual: Nanos
+    ) -> Committed:
+        """Charge `actual`, give back the hold; a retry answers the first commit's result."""
+        reply = await self._priced_script(
+            "commit",
+            org,
+            reservation_id,
+            [keys.expiries(org)],
+            lambda version, now, uids, periods: [
+                version,
+                reservation_id,
+                fingerprint,
+                actual,
+                now,
+                self.retention_ms,
+                uids,
+                len(periods),
+                *periods,
+            ],
+        )
+        if reply[0] == "MISMATCH":
+            raise IdempotencyConflict(
+                f"reservation {reservation_id!r} was already committed with a different"
+                " actual cost; a reservation is charged once"
             )
-        raise Unavailable("reservation changed during the call; retry it")
+        if reply[0] == "RELEASED":
+            raise FailedPrecondition(
+                f"reservation {reservation_id!r} was released; it cannot be committed"
+                " (reserve again for a new call)"
+            )
+        self._uids.pop((org, reservation_id), None)
+        charged, hold, released, late, rows = reply[1]
+        charged_n, hold_n = int(charged), int(hold)
+        return Committed(
+            charged_n,
+            max(0, int(released) - charged_n),
+            max(0, charged_n - hold_n),
+            bool(late),
+            _balances(rows),
+        )
 
     async def release(self, org: str, reservation_id: str) -> Nanos:
         """Void a hold; answers what was given back."""
@@ -282,49 +303,32 @@ class Engine:
 
     async def refund(self, org: str, reservation_id: str, refund_id: str, amount: Nanos) -> Nanos:
         """Credit back up to `amount` of a committed charge; idempotent by refund_id."""
-        uids = ""
-        config = await self.cache.get(org)
-        for _ in range(ATTEMPTS):
-            now = self.clock.now_ms()
-            periods = self._periods(config, uids, now)
-            reply = await self.scripts.run(
-                "refund",
-                [
-                    keys.config(org),
-                    keys.reservation(org, reservation_id),
-                    *(keys.budget(org, u) for u in _split(uids)),
-                ],
-                [
-                    config.version,
-                    refund_id,
-                    amount,
-                    self.retention_ms,
-                    uids,
-                    len(periods),
-                    *periods,
-                ],
+        reply = await self._priced_script(
+            "refund",
+            org,
+            reservation_id,
+            [],
+            lambda version, now, uids, periods: [
+                version,
+                refund_id,
+                amount,
+                self.retention_ms,
+                uids,
+                len(periods),
+                *periods,
+            ],
+        )
+        if reply[0] == "MISMATCH":
+            raise IdempotencyConflict(
+                f"refund_id {refund_id!r} was already used with a different amount;"
+                " use a new refund_id for a new refund"
             )
-            status = reply[0]
-            if status == "KEYS":
-                uids = reply[1]
-                continue
-            if status == "STALE":
-                config = await self.cache.reload(org)
-                continue
-            if status == "NOTFOUND":
-                raise _not_found(reservation_id)
-            if status == "MISMATCH":
-                raise IdempotencyConflict(
-                    f"refund_id {refund_id!r} was already used with a different amount;"
-                    " use a new refund_id for a new refund"
-                )
-            if status == "NOTCOMMITTED":
-                raise FailedPrecondition(
-                    f"reservation {reservation_id!r} is {reply[1]}, not committed; only"
-                    " committed spend can be refunded"
-                )
-            return int(reply[1])
-        raise Unavailable("reservation changed during the call; retry it")
+        if reply[0] == "NOTCOMMITTED":
+            raise FailedPrecondition(
+                f"reservation {reservation_id!r} is {reply[1]}, not committed; only"
+                " committed spend can be refunded"
+            )
+        return int(reply[1])
 
     async def extend(self, org: str, reservation_id: str, ttl_ms: int) -> int:
         """Move a live hold's expiry to now + ttl; answers the new expiry (ms)."""

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import NoReturn, Self
+from typing import Any, NoReturn, Self
 
 _LOG_TAIL_BYTES = 4000
 _POLL_INTERVAL = 0.02
@@ -164,7 +164,12 @@ class ServerProcess:
                 user=user,
                 group=group,
                 extra_groups=extra_groups,
+                **self._popen_options(),
             )
+
+    def _popen_options(self) -> dict[str, Any]:
+        """Extra subprocess.Popen arguments; subclasses add session or parent-death handling."""
+        return {}
 
     def _wait_ready(self, deadline: float) -> None:
         """Poll `_is_ready` until it holds, the process dies, or `deadline` passes."""

@@ -31,14 +31,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from budget_service.errors import ConfigError
 from budget_service.settings import Settings
-from devstack._process import ServerProcess, file_size, log_tail
+from devstack._process import ServerProcess, log_tail
 from devstack.postgres_process import PostgresProcess
 from devstack.redis_process import RedisProcess
 from genproto.budget.v1 import budget_pb2 as pb
@@ -247,36 +247,13 @@ def _die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
 
 
 class _SupervisedServer(ServerProcess):
-    """A store whose process runs in its own session and dies with devstack.
+    """A store whose process runs in its own session and dies with devstack."""
 
-    Same as ServerProcess._spawn, plus `start_new_session` and the parent-death signal.
-    """
-
-    def _spawn(
-        self,
-        argv: Sequence[str],
-        *,
-        cwd: Path | None = None,
-        user: int | None = None,
-        group: int | None = None,
-        extra_groups: list[int] | None = None,
-    ) -> None:
-        if self.running:
-            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
-        self._log_offset = file_size(self.log_path)
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                user=user,
-                group=group,
-                extra_groups=extra_groups,
-                start_new_session=True,
-                preexec_fn=_die_with_parent(self.stop_signal),
-            )
+    def _popen_options(self) -> dict[str, Any]:
+        return {
+            "start_new_session": True,
+            "preexec_fn": _die_with_parent(self.stop_signal),
+        }
 
     def recent_log(self) -> str:
         """The log written since the last start."""
