@@ -50,6 +50,22 @@ class Settings:
         "SHUTDOWN_GRACE_SECONDS", 10.0, "how long in-flight calls may finish on shutdown"
     )
 
+    def __post_init__(self) -> None:
+        if not 0 < self.max_amount_nanos < 2**53:
+            # The scripts do a reservation's own arithmetic (charged - refunded) in Lua doubles.
+            raise ConfigError(f"MAX_AMOUNT_NANOS must be between 1 and {2**53 - 1}")
+        if not 0 < self.min_ttl_seconds <= self.default_ttl_seconds <= self.max_ttl_seconds:
+            raise ConfigError(
+                "TTL settings must satisfy 0 < MIN_TTL_SECONDS <= DEFAULT_TTL_SECONDS"
+                " <= MAX_TTL_SECONDS"
+            )
+        for name in ("sweep_interval_seconds", "config_reconcile_seconds",
+                     "redis_timeout_seconds"):  # fmt: skip
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.upper()} must be greater than 0")
+        if self.log_format not in ("json", "console"):
+            raise ConfigError(f"LOG_FORMAT={self.log_format!r}: use json or console")
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every setting from `environ` (default os.environ); keyword overrides win."""
