@@ -25,10 +25,17 @@ async def connect(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg
     return pool
 
 
-async def migrate(pool: asyncpg.Pool) -> list[str]:
-    """Apply every migrations/NNN_*.sql not applied yet, in order; returns the ones applied."""
-    folder = resources.files("budget_service") / "migrations"
-    files = sorted((f.name, f.read_text()) for f in folder.iterdir() if f.name.endswith(".sql"))
+async def migrate(pool: asyncpg.Pool, package: str = "budget_service") -> list[str]:
+    """Apply `package`'s migrations/NNN_*.sql not applied yet, in order; returns those applied.
+
+    Each service keeps its own numbered files; they share one schema_migrations table, where a
+    file is recorded as `<package>/<file>` (the budget service's as the bare file name).
+    """
+    folder = resources.files(package) / "migrations"
+    prefix = "" if package == "budget_service" else f"{package}/"
+    files = sorted(
+        (prefix + f.name, f.read_text()) for f in folder.iterdir() if f.name.endswith(".sql")
+    )
     applied: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
