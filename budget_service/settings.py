@@ -19,6 +19,13 @@ class Settings:
     """The service's configuration; `Settings.from_env()` reads it from the environment."""
 
     budget_addr: str = _env("BUDGET_ADDR", "127.0.0.1:50051", "gRPC listen address")
+    pricing_addr: str = _env("PRICING_ADDR", "127.0.0.1:50052", "pricing service gRPC address")
+    pricing_source_urls: str = _env(
+        "PRICING_SOURCE_URLS", "", "comma-separated price sources (LiteLLM JSON): URLs or files"
+    )
+    pricing_refresh_seconds: float = _env(
+        "PRICING_REFRESH_SECONDS", 3600.0, "how often price sources are pulled"
+    )
     reuse_port: bool = _env(
         "BUDGET_REUSE_PORT", False, "share BUDGET_ADDR with other processes (SO_REUSEPORT)"
     )

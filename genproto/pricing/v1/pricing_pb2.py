@@ -26,7 +26,7 @@ from genproto.budget.v1 import budget_pb2 as budget_dot_v1_dot_budget__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pricing/v1/pricing.proto\x12\npricing.v1\x1a\x16\x62udget/v1/budget.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"q\n\tPriceTier\x12\x1a\n\x12\x61\x62ove_input_tokens\x18\x01 \x01(\x03\x12\r\n\x05input\x18\x02 \x01(\t\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61\x63hed_input\x18\x04 \x01(\t\x12\x13\n\x0b\x63\x61\x63he_write\x18\x05 \x01(\t\"\xe3\x01\n\x06Prices\x12\r\n\x05input\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61\x63hed_input\x18\x03 \x01(\t\x12\x13\n\x0b\x63\x61\x63he_write\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61\x63he_write_1h\x18\x05 \x01(\t\x12\x11\n\treasoning\x18\x06 \x01(\t\x12\x13\n\x0brequest_fee\x18\x07 \x01(\t\x12\x13\n\x0b\x62\x61tch_input\x18\x08 \x01(\t\x12\x14\n\x0c\x62\x61tch_output\x18\t \x01(\t\x12$\n\x05tiers\x18\n \x03(\x0b\x32\x15.pricing.v1.PriceTier\"\xfa\x01\n\nModelPrice\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x18\n\x10max_input_tokens\x18\x05 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x06 \x01(\x03\x12\"\n\x06prices\x18\x07 \x01(\x0b\x32\x12.pricing.v1.Prices\x12\x0f\n\x07version\x18\x08 \x01(\x03\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_from\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\n \x01(\t\"Z\n\x0fGetPriceRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x11ListModelsRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"U\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.pricing.v1.ModelPrice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"s\n\x13\x45stimateCostRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.budget.v1.Usage\x12\x0b\n\x03org\x18\x04 \x01(\t\x12\r\n\x05\x62\x61tch\x18\x05 \x01(\x08\"b\n\x14\x45stimateCostResponse\x12\x12\n\ncost_nanos\x18\x01 \x01(\x03\x12\x15\n\rprice_version\x18\x02 \x01(\x03\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\";\n\x12UpsertPriceRequest\x12%\n\x05price\x18\x01 \x01(\x0b\x32\x16.pricing.v1.ModelPrice\"\x17\n\x15RefreshCatalogRequest\"\xd0\x01\n\x0cSourceResult\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x01(\x03\x12\x16\n\x0e\x63hanged_models\x18\x04 \x01(\x03\x12\x36\n\x07skipped\x18\x05 \x03(\x0b\x32%.pricing.v1.SourceResult.SkippedEntry\x12\x0f\n\x07message\x18\x06 \x01(\t\x1a.\n\x0cSkippedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"T\n\x16RefreshCatalogResponse\x12)\n\x07sources\x18\x01 \x03(\x0b\x32\x18.pricing.v1.SourceResult\x12\x0f\n\x07version\x18\x02 \x01(\x03\"+\n\x12WatchPricesRequest\x12\x15\n\rsince_version\x18\x01 \x01(\x03\"F\n\nPriceEvent\x12%\n\x05price\x18\x01 \x01(\x0b\x32\x16.pricing.v1.ModelPrice\x12\x11\n\tcaught_up\x18\x02 \x01(\x08\x32\xda\x03\n\x0ePricingService\x12?\n\x08GetPrice\x12\x1b.pricing.v1.GetPriceRequest\x1a\x16.pricing.v1.ModelPrice\x12K\n\nListModels\x12\x1d.pricing.v1.ListModelsRequest\x1a\x1e.pricing.v1.ListModelsResponse\x12Q\n\x0c\x45stimateCost\x12\x1f.pricing.v1.EstimateCostRequest\x1a .pricing.v1.EstimateCostResponse\x12\x45\n\x0bUpsertPrice\x12\x1e.pricing.v1.UpsertPriceRequest\x1a\x16.pricing.v1.ModelPrice\x12W\n\x0eRefreshCatalog\x12!.pricing.v1.RefreshCatalogRequest\x1a\".pricing.v1.RefreshCatalogResponse\x12G\n\x0bWatchPrices\x12\x1e.pricing.v1.WatchPricesRequest\x1a\x16.pricing.v1.PriceEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pricing/v1/pricing.proto\x12\npricing.v1\x1a\x16\x62udget/v1/budget.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x01\n\tPriceTier\x12\x1a\n\x12\x61\x62ove_input_tokens\x18\x01 \x01(\x03\x12\r\n\x05input\x18\x02 \x01(\t\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61\x63hed_input\x18\x04 \x01(\t\x12\x13\n\x0b\x63\x61\x63he_write\x18\x05 \x01(\t\x12\x16\n\x0e\x63\x61\x63he_write_1h\x18\x06 \x01(\t\"\xe3\x01\n\x06Prices\x12\r\n\x05input\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61\x63hed_input\x18\x03 \x01(\t\x12\x13\n\x0b\x63\x61\x63he_write\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61\x63he_write_1h\x18\x05 \x01(\t\x12\x11\n\treasoning\x18\x06 \x01(\t\x12\x13\n\x0brequest_fee\x18\x07 \x01(\t\x12\x13\n\x0b\x62\x61tch_input\x18\x08 \x01(\t\x12\x14\n\x0c\x62\x61tch_output\x18\t \x01(\t\x12$\n\x05tiers\x18\n \x03(\x0b\x32\x15.pricing.v1.PriceTier\"\xfa\x01\n\nModelPrice\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x18\n\x10max_input_tokens\x18\x05 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x06 \x01(\x03\x12\"\n\x06prices\x18\x07 \x01(\x0b\x32\x12.pricing.v1.Prices\x12\x0f\n\x07version\x18\x08 \x01(\x03\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_from\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\n \x01(\t\"Z\n\x0fGetPriceRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x11ListModelsRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"U\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.pricing.v1.ModelPrice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"s\n\x13\x45stimateCostRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.budget.v1.Usage\x12\x0b\n\x03org\x18\x04 \x01(\t\x12\r\n\x05\x62\x61tch\x18\x05 \x01(\x08\"b\n\x14\x45stimateCostResponse\x12\x12\n\ncost_nanos\x18\x01 \x01(\x03\x12\x15\n\rprice_version\x18\x02 \x01(\x03\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\";\n\x12UpsertPriceRequest\x12%\n\x05price\x18\x01 \x01(\x0b\x32\x16.pricing.v1.ModelPrice\"\x17\n\x15RefreshCatalogRequest\"\xd0\x01\n\x0cSourceResult\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x01(\x03\x12\x16\n\x0e\x63hanged_models\x18\x04 \x01(\x03\x12\x36\n\x07skipped\x18\x05 \x03(\x0b\x32%.pricing.v1.SourceResult.SkippedEntry\x12\x0f\n\x07message\x18\x06 \x01(\t\x1a.\n\x0cSkippedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"T\n\x16RefreshCatalogResponse\x12)\n\x07sources\x18\x01 \x03(\x0b\x32\x18.pricing.v1.SourceResult\x12\x0f\n\x07version\x18\x02 \x01(\x03\"+\n\x12WatchPricesRequest\x12\x15\n\rsince_version\x18\x01 \x01(\x03\"F\n\nPriceEvent\x12%\n\x05price\x18\x01 \x01(\x0b\x32\x16.pricing.v1.ModelPrice\x12\x11\n\tcaught_up\x18\x02 \x01(\x08\x32\xda\x03\n\x0ePricingService\x12?\n\x08GetPrice\x12\x1b.pricing.v1.GetPriceRequest\x1a\x16.pricing.v1.ModelPrice\x12K\n\nListModels\x12\x1d.pricing.v1.ListModelsRequest\x1a\x1e.pricing.v1.ListModelsResponse\x12Q\n\x0c\x45stimateCost\x12\x1f.pricing.v1.EstimateCostRequest\x1a .pricing.v1.EstimateCostResponse\x12\x45\n\x0bUpsertPrice\x12\x1e.pricing.v1.UpsertPriceRequest\x1a\x16.pricing.v1.ModelPrice\x12W\n\x0eRefreshCatalog\x12!.pricing.v1.RefreshCatalogRequest\x1a\".pricing.v1.RefreshCatalogResponse\x12G\n\x0bWatchPrices\x12\x1e.pricing.v1.WatchPricesRequest\x1a\x16.pricing.v1.PriceEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,36 +35,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SOURCERESULT_SKIPPEDENTRY']._loaded_options = None
   _globals['_SOURCERESULT_SKIPPEDENTRY']._serialized_options = b'8\001'
-  _globals['_PRICETIER']._serialized_start=97
-  _globals['_PRICETIER']._serialized_end=210
-  _globals['_PRICES']._serialized_start=213
-  _globals['_PRICES']._serialized_end=440
-  _globals['_MODELPRICE']._serialized_start=443
-  _globals['_MODELPRICE']._serialized_end=693
-  _globals['_GETPRICEREQUEST']._serialized_start=695
-  _globals['_GETPRICEREQUEST']._serialized_end=785
-  _globals['_LISTMODELSREQUEST']._serialized_start=787
-  _globals['_LISTMODELSREQUEST']._serialized_end=877
-  _globals['_LISTMODELSRESPONSE']._serialized_start=879
-  _globals['_LISTMODELSRESPONSE']._serialized_end=964
-  _globals['_ESTIMATECOSTREQUEST']._serialized_start=966
-  _globals['_ESTIMATECOSTREQUEST']._serialized_end=1081
-  _globals['_ESTIMATECOSTRESPONSE']._serialized_start=1083
-  _globals['_ESTIMATECOSTRESPONSE']._serialized_end=1181
-  _globals['_UPSERTPRICEREQUEST']._serialized_start=1183
-  _globals['_UPSERTPRICEREQUEST']._serialized_end=1242
-  _globals['_REFRESHCATALOGREQUEST']._serialized_start=1244
-  _globals['_REFRESHCATALOGREQUEST']._serialized_end=1267
-  _globals['_SOURCERESULT']._serialized_start=1270
-  _globals['_SOURCERESULT']._serialized_end=1478
-  _globals['_SOURCERESULT_SKIPPEDENTRY']._serialized_start=1432
-  _globals['_SOURCERESULT_SKIPPEDENTRY']._serialized_end=1478
-  _globals['_REFRESHCATALOGRESPONSE']._serialized_start=1480
-  _globals['_REFRESHCATALOGRESPONSE']._serialized_end=1564
-  _globals['_WATCHPRICESREQUEST']._serialized_start=1566
-  _globals['_WATCHPRICESREQUEST']._serialized_end=1609
-  _globals['_PRICEEVENT']._serialized_start=1611
-  _globals['_PRICEEVENT']._serialized_end=1681
-  _globals['_PRICINGSERVICE']._serialized_start=1684
-  _globals['_PRICINGSERVICE']._serialized_end=2158
+  _globals['_PRICETIER']._serialized_start=98
+  _globals['_PRICETIER']._serialized_end=235
+  _globals['_PRICES']._serialized_start=238
+  _globals['_PRICES']._serialized_end=465
+  _globals['_MODELPRICE']._serialized_start=468
+  _globals['_MODELPRICE']._serialized_end=718
+  _globals['_GETPRICEREQUEST']._serialized_start=720
+  _globals['_GETPRICEREQUEST']._serialized_end=810
+  _globals['_LISTMODELSREQUEST']._serialized_start=812
+  _globals['_LISTMODELSREQUEST']._serialized_end=902
+  _globals['_LISTMODELSRESPONSE']._serialized_start=904
+  _globals['_LISTMODELSRESPONSE']._serialized_end=989
+  _globals['_ESTIMATECOSTREQUEST']._serialized_start=991
+  _globals['_ESTIMATECOSTREQUEST']._serialized_end=1106
+  _globals['_ESTIMATECOSTRESPONSE']._serialized_start=1108
+  _globals['_ESTIMATECOSTRESPONSE']._serialized_end=1206
+  _globals['_UPSERTPRICEREQUEST']._serialized_start=1208
+  _globals['_UPSERTPRICEREQUEST']._serialized_end=1267
+  _globals['_REFRESHCATALOGREQUEST']._serialized_start=1269
+  _globals['_REFRESHCATALOGREQUEST']._serialized_end=1292
+  _globals['_SOURCERESULT']._serialized_start=1295
+  _globals['_SOURCERESULT']._serialized_end=1503
+  _globals['_SOURCERESULT_SKIPPEDENTRY']._serialized_start=1457
+  _globals['_SOURCERESULT_SKIPPEDENTRY']._serialized_end=1503
+  _globals['_REFRESHCATALOGRESPONSE']._serialized_start=1505
+  _globals['_REFRESHCATALOGRESPONSE']._serialized_end=1589
+  _globals['_WATCHPRICESREQUEST']._serialized_start=1591
+  _globals['_WATCHPRICESREQUEST']._serialized_end=1634
+  _globals['_PRICEEVENT']._serialized_start=1636
+  _globals['_PRICEEVENT']._serialized_end=1706
+  _globals['_PRICINGSERVICE']._serialized_start=1709
+  _globals['_PRICINGSERVICE']._serialized_end=2183
 # @@protoc_insertion_point(module_scope)

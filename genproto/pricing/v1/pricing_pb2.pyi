@@ -11,18 +11,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PriceTier(_message.Message):
-    __slots__ = ("above_input_tokens", "input", "output", "cached_input", "cache_write")
+    __slots__ = ("above_input_tokens", "input", "output", "cached_input", "cache_write", "cache_write_1h")
     ABOVE_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     CACHED_INPUT_FIELD_NUMBER: _ClassVar[int]
     CACHE_WRITE_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_1H_FIELD_NUMBER: _ClassVar[int]
     above_input_tokens: int
     input: str
     output: str
     cached_input: str
     cache_write: str
-    def __init__(self, above_input_tokens: _Optional[int] = ..., input: _Optional[str] = ..., output: _Optional[str] = ..., cached_input: _Optional[str] = ..., cache_write: _Optional[str] = ...) -> None: ...
+    cache_write_1h: str
+    def __init__(self, above_input_tokens: _Optional[int] = ..., input: _Optional[str] = ..., output: _Optional[str] = ..., cached_input: _Optional[str] = ..., cache_write: _Optional[str] = ..., cache_write_1h: _Optional[str] = ...) -> None: ...
 
 class Prices(_message.Message):
     __slots__ = ("input", "output", "cached_input", "cache_write", "cache_write_1h", "reasoning", "request_fee", "batch_input", "batch_output", "tiers")
