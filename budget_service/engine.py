@@ -65,6 +65,17 @@ class Balance:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """What one try of a reservation script is built from."""
+
+    config_version: str
+    now: int
+    uids: str
+    periods: list[str | int]
+    price_version: int | None  # None: not known in this process
+
+
+@dataclass(frozen=True)
 class Reserved:
     amount_nanos: Nanos
     expires_at_ms: int
@@ -95,15 +106,16 @@ class Engine:
         self.cache = cache
         self.clock = clock
         self.retention_ms = retention_ms
-        # reservation -> its budgets' uids, so a commit on this replica needs no extra round trip
-        self._uids: dict[tuple[str, str], str] = {}
+        # reservation -> (its budgets' uids, its price version), so a commit on this replica
+        # needs no extra round trip
+        self._memo: dict[tuple[str, str], tuple[str, int]] = {}
         # orgs this process has put in the sweeper's list (ba:orgs) already
         self._listed_orgs: set[str] = set()
 
-    def _remember(self, org: str, reservation_id: str, uids: str) -> None:
-        if len(self._uids) > 200_000:
-            self._uids.clear()
-        self._uids[(org, reservation_id)] = uids
+    def _remember(self, org: str, reservation_id: str, uids: str, price_version: int) -> None:
+        if len(self._memo) > 200_000:
+            self._memo.clear()
+        self._memo[(org, reservation_id)] = (uids, price_version)
 
     async def reserve(
         self,
@@ -115,6 +127,7 @@ class Engine:
         *,
         critical: bool,
         ttl_ms: int,
+        price_version: int = 0,
     ) -> Reserved:
         """Hold `amount` on every budget covering the subject, or raise BudgetExceeded."""
         if org not in self._listed_orgs:
@@ -134,6 +147,7 @@ class Engine:
                 now,
                 expires,
                 self.retention_ms,
+                price_version,
                 len(covering),
             ]
             for b in covering:
@@ -168,7 +182,8 @@ class Engine:
                 ]
                 raise BudgetExceeded(refusals, amount)
             held, expires_ms, rows = reply[1]
-            self._remember(org, reservation_id, ",".join(str(b.uid) for b in covering))
+            uids = ",".join(str(b.uid) for b in covering)
+            self._remember(org, reservation_id, uids, price_version)
             return Reserved(int(held), int(expires_ms), _balances(rows))
         raise Unavailable("budget configuration kept changing during the call; retry it")
 
@@ -185,7 +200,7 @@ class Engine:
         org: str,
         reservation_id: str,
         extra_keys: list[str],
-        make_args: Callable[[str, int, str, list[str | int]], list[str | int]],
+        make_args: Callable[[Attempt], list[str | int]],
     ) -> Any:
         """Run a script that changes a reservation's budgets' spend, answering its reply.
 
@@ -193,11 +208,12 @@ class Engine:
         it) and checks the config version (STALE: periods were computed from old config); each
         costs one more try, changes nothing, and is bounded.
         """
-        uids = self._uids.get((org, reservation_id), "")
+        uids, price_version = self._memo.get((org, reservation_id), ("", None))
         config = await self.cache.get(org)
         for _ in range(ATTEMPTS):
             now = self.clock.now_ms()
             periods = self._periods(config, uids, now)
+            attempt = Attempt(config.version, now, uids, periods, price_version)
             reply = await self.scripts.run(
                 name,
                 [
@@ -206,10 +222,14 @@ class Engine:
                     *extra_keys,
                     *(keys.budget(org, u) for u in _split(uids)),
                 ],
-                make_args(config.version, now, uids, periods),
+                make_args(attempt),
             )
             if reply[0] == "KEYS":
                 uids = reply[1]
+                if len(reply) > 2:
+                    price_version = int(reply[2])
+            elif reply[0] == "PV":
+                price_version = int(reply[1])
             elif reply[0] == "STALE":
                 config = await self.cache.reload(org)
             elif reply[0] == "NOTFOUND":
@@ -219,26 +239,32 @@ class Engine:
         raise Unavailable("reservation or config changed during the call; retry it")
 
     async def commit(
-        self, org: str, reservation_id: str, fingerprint: str, actual: Nanos
+        self,
+        org: str,
+        reservation_id: str,
+        fingerprint: str,
+        actual: Nanos | Callable[[int], Nanos],
     ) -> Committed:
-        """Charge `actual`, give back the hold; a retry answers the first commit's result."""
-        reply = await self._priced_script(
-            "commit",
-            org,
-            reservation_id,
-            [keys.expiries(org)],
-            lambda version, now, uids, periods: [
-                version,
-                reservation_id,
-                fingerprint,
-                actual,
-                now,
-                self.retention_ms,
-                uids,
-                len(periods),
-                *periods,
-            ],
-        )
+        """Charge `actual`, give back the hold; a retry answers the first commit's result.
+
+        `actual` may be a function of the reservation's price version (a usage commit): it is
+        priced with the version the reserve used, which the script confirms.
+        """
+
+        def args(a: Attempt) -> list[str | int]:
+            if callable(actual):
+                if a.price_version is None:  # not known here yet: the script answers it
+                    amount: Nanos = 0
+                    version = "?"
+                else:
+                    amount = actual(a.price_version)
+                    version = str(a.price_version)
+            else:
+                amount, version = actual, ""
+            return [a.config_version, reservation_id, fingerprint, amount, a.now,
+                    self.retention_ms, a.uids, version, len(a.periods), *a.periods]  # fmt: skip
+
+        reply = await self._priced_script("commit", org, reservation_id, [keys.expiries(org)], args)
         if reply[0] == "MISMATCH":
             raise IdempotencyConflict(
                 f"reservation {reservation_id!r} was already committed with a different"
@@ -249,7 +275,7 @@ class Engine:
                 f"reservation {reservation_id!r} was released; it cannot be committed"
                 " (reserve again for a new call)"
             )
-        self._uids.pop((org, reservation_id), None)
+        self._memo.pop((org, reservation_id), None)
         charged, hold, released, late, rows = reply[1]
         charged_n, hold_n = int(charged), int(hold)
         return Committed(
@@ -278,7 +304,7 @@ class Engine:
         return bool(reply[0] == "OK")
 
     async def _hold_script(self, name: str, org: str, reservation_id: str) -> Any:
-        uids = self._uids.get((org, reservation_id), "")
+        uids = self._memo.get((org, reservation_id), ("", 0))[0]
         for _ in range(ATTEMPTS):
             now = self.clock.now_ms()
             head: list[str | int] = [reservation_id]
@@ -297,7 +323,7 @@ class Engine:
                 uids = reply[1]
                 continue
             if reply[0] != "NOTDUE":
-                self._uids.pop((org, reservation_id), None)
+                self._memo.pop((org, reservation_id), None)
             return reply
         raise Unavailable("reservation changed during the call; retry it")
 
@@ -308,14 +334,14 @@ class Engine:
             org,
             reservation_id,
             [],
-            lambda version, now, uids, periods: [
-                version,
+            lambda a: [
+                a.config_version,
                 refund_id,
                 amount,
                 self.retention_ms,
-                uids,
-                len(periods),
-                *periods,
+                a.uids,
+                len(a.periods),
+                *a.periods,
             ],
         )
         if reply[0] == "MISMATCH":

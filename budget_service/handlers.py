@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
+import structlog
 from google.protobuf import duration_pb2
 
 from budget_service import validation as v
 from budget_service.budgets import subject_pairs
 from budget_service.engine import Balance, Engine
-from budget_service.errors import InvalidArgument
+from budget_service.errors import FailedPrecondition, InvalidArgument, Unavailable
+from budget_service.price_table import PriceTable
 from budget_service.rpc import Context, rpc
 from budget_service.settings import Settings
 from genproto.budget.v1 import budget_pb2 as pb
 from genproto.budget.v1 import budget_pb2_grpc
+from pricing_service.convert import usage_from_proto
+from pricing_service.cost import cost_nanos, reserve_estimate_nanos
+from pricing_service.usage_shapes import UsageShapeError, normalize
+
+log = structlog.get_logger(__name__)
 
 PRIORITIES = dict(pb.Priority.items())
 
@@ -43,9 +51,13 @@ def balances_to_proto(balances: list[Balance]) -> list[pb.BudgetBalance]:
 class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
     """Reserve / Commit / Release / Refund / Extend."""
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(
+        self, engine: Engine, settings: Settings, prices: PriceTable | None = None
+    ) -> None:
         self.engine = engine
         self.settings = settings
+        self.prices = prices
+        self.zero_cost_commits = 0
 
     def _ttl_ms(self, field: str, ttl: duration_pb2.Duration, present: bool) -> int:
         s = self.settings
@@ -73,13 +85,11 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
         kind = request.WhichOneof("estimate")
         if kind is None:
             raise InvalidArgument("amount_nanos", "is required: the estimated cost in nano-USD")
+        price_version = 0
         if kind == "usage":
-            raise InvalidArgument(
-                "usage",
-                "token estimates need the pricing service, which is not deployed yet;"
-                " send amount_nanos",
-            )
-        amount = self._amount("amount_nanos", request.amount_nanos)
+            amount, price_version = self._estimate(request.subject, request.usage)
+        else:
+            amount = self._amount("amount_nanos", request.amount_nanos)
         ttl_ms = self._ttl_ms("ttl", request.ttl, request.HasField("ttl"))
         v.check_enum("priority", request.priority, PRIORITIES)
         held = await self.engine.reserve(
@@ -90,11 +100,13 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
             amount,
             critical=request.priority == pb.PRIORITY_CRITICAL,
             ttl_ms=ttl_ms,
+            price_version=price_version,
         )
         response = pb.ReserveResponse(
             reservation_id=rid,
             reserved_nanos=held.amount_nanos,
             budgets=balances_to_proto(held.budgets),
+            price_version=price_version,
         )
         response.expires_at.FromMilliseconds(held.expires_at_ms)
         return response
@@ -106,21 +118,90 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
         kind = request.WhichOneof("actual")
         if kind is None:
             raise InvalidArgument("actual_nanos", "is required: the actual cost in nano-USD")
-        if kind == "usage":
-            raise InvalidArgument(
-                "usage",
-                "token usage needs the pricing service, which is not deployed yet;"
-                " send actual_nanos",
+        if kind == "actual_nanos":
+            actual = self._amount("actual_nanos", request.actual_nanos)
+            done = await self.engine.commit(org, rid, str(actual), actual)
+            return pb.CommitResponse(
+                charged_nanos=done.charged_nanos,
+                released_nanos=done.released_nanos,
+                overage_nanos=done.overage_nanos,
+                late=done.late,
+                budgets=balances_to_proto(done.budgets),
             )
-        actual = self._amount("actual_nanos", request.actual_nanos)
-        done = await self.engine.commit(org, rid, str(actual), actual)
+        usage = self._usage(request)
+        done = await self.engine.commit(
+            org, rid, "u:" + _fingerprint(usage), lambda version: self._charge(version, usage)
+        )
+        if done.charged_nanos == 0 and (usage.input_tokens or usage.output_tokens):
+            # A call that used tokens and cost nothing is how spend goes missing: say so.
+            self.zero_cost_commits += 1
+            log.warning(
+                "commit.zero_cost_with_tokens",
+                org=org,
+                reservation_id=rid,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+            )
         return pb.CommitResponse(
             charged_nanos=done.charged_nanos,
             released_nanos=done.released_nanos,
             overage_nanos=done.overage_nanos,
             late=done.late,
             budgets=balances_to_proto(done.budgets),
+            usage=usage,
         )
+
+    def _prices(self) -> PriceTable:
+        if self.prices is None:
+            raise Unavailable(
+                "token pricing needs PRICING_ADDR (the pricing service); send amounts"
+            )
+        return self.prices
+
+    def _estimate(self, subject: pb.Subject, usage: pb.Usage) -> tuple[int, int]:
+        """The hold for a token estimate, and the price version it used."""
+        if not subject.model:
+            raise InvalidArgument("subject.model", "is required to price a usage estimate")
+        entry = self._prices().lookup(subject.model, subject.provider)
+        try:
+            amount = reserve_estimate_nanos(entry.price, usage.input_tokens, usage.output_tokens)
+        except ValueError as exc:
+            raise InvalidArgument("usage", str(exc)) from exc
+        return self._amount("usage", amount), entry.version
+
+    def _usage(self, request: pb.CommitRequest) -> pb.Usage:
+        if request.WhichOneof("actual") == "usage":
+            usage_from_proto("usage", request.usage)  # validates: totals include their details
+            return request.usage
+        try:
+            data = json.loads(request.provider_usage_json)
+            if not isinstance(data, dict):
+                raise ValueError("must be a JSON object: the provider's usage or its response")
+            shaped = normalize(data)
+        except (ValueError, UsageShapeError) as exc:
+            raise InvalidArgument("provider_usage_json", str(exc)) from exc
+        return pb.Usage(
+            input_tokens=shaped.input_tokens,
+            output_tokens=shaped.output_tokens,
+            cached_input_tokens=shaped.cached_input_tokens,
+            cache_write_tokens=shaped.cache_write_tokens,
+            cache_write_1h_tokens=shaped.cache_write_1h_tokens,
+            reasoning_tokens=shaped.reasoning_tokens,
+        )
+
+    def _charge(self, price_version: int, usage: pb.Usage) -> int:
+        """The actual cost of `usage` at the reservation's price version."""
+        if price_version == 0:
+            raise FailedPrecondition(
+                "the reservation was made with amount_nanos, so it has no price to charge tokens"
+                " with; commit with actual_nanos (or reserve with usage)"
+            )
+        entry = self._prices().by_version(price_version)
+        try:
+            cost = cost_nanos(entry.price, usage_from_proto("usage", usage))
+        except ValueError as exc:
+            raise InvalidArgument("usage", str(exc)) from exc
+        return self._amount("usage", cost)
 
     @rpc("Release")
     async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.ReleaseResponse:

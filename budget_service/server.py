@@ -25,6 +25,7 @@ from budget_service.engine import Engine
 from budget_service.errors import ConfigError
 from budget_service.handlers import BudgetService
 from budget_service.periodic import Periodic
+from budget_service.price_table import PriceTable
 from budget_service.redis_wire import Address, RedisWire
 from budget_service.settings import Settings
 from budget_service.sweeper import Sweeper
@@ -48,6 +49,8 @@ class App:
     pool: asyncpg.Pool
     engine: Engine
     background: list[Periodic]
+    prices: PriceTable
+    budget_service: BudgetService
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -60,6 +63,7 @@ class App:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         for job in self.background:
             await job.stop()
+        await self.prices.stop()
         await self.server.stop(self.settings.shutdown_grace_seconds)
         self.engine.scripts.close()
         await self.redis.aclose()
@@ -97,8 +101,11 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     # Without reuse_port a second process on a taken address fails to start instead of
     # silently splitting the traffic with the first.
     server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.reuse_port))])
+    prices = PriceTable(settings.pricing_addr)
+    prices.start()
+    budget_service = BudgetService(engine, settings, prices)
     budget_pb2_grpc.add_BudgetServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        BudgetService(engine, settings), server
+        budget_service, server
     )
     budget_pb2_grpc.add_BudgetAdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
         BudgetAdminService(repo, sync, redis, clock), server
@@ -113,6 +120,7 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     except RuntimeError:
         port = 0
     if port == 0:
+        await prices.stop()
         scripts.close()
         await redis.aclose()
         await pool.close()
@@ -136,4 +144,7 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
         job.start()
     host = settings.budget_addr.rsplit(":", 1)[0]
     log.info("server.started", addr=f"{host}:{port}")
-    return App(settings, server, port, redis, pool, engine, background, health_servicer)
+    return App(
+        settings, server, port, redis, pool, engine, background, prices, budget_service,
+        health_servicer,
+    )  # fmt: skip

@@ -1,4 +1,4 @@
-"""`python -m devstack` (what `make run` runs): Redis, PostgreSQL and the budget service."""
+"""`python -m devstack` (what `make run` runs): Redis, PostgreSQL and both services."""
 
 import sys
 

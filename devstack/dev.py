@@ -1,13 +1,16 @@
-"""`python -m devstack` (what `make run` runs): Redis, PostgreSQL and the budget service, locally.
+"""`python -m devstack` (what `make run` runs): Redis, PostgreSQL and both services, locally.
 
 With no REDIS_URL / DATABASE_URL in the environment it starts a real Redis (AOF on, appendfsync
 everysec) and a real PostgreSQL with their data under $BUDGET_DATA_DIR (default ./.data/), on
 fixed ports (Redis 6390, PostgreSQL 5439; DEV_REDIS_PORT / DEV_POSTGRES_PORT override them). A
-store whose URL is set is used as is. Then it runs the budget service as a child process, waits
-until its health check says SERVING, seeds the demo org (only budgets that do not exist yet, so
-an operator's edits survive the next start), prints where everything is, and supervises:
-SIGINT / SIGTERM stop the service first (it drains), then Redis and PostgreSQL, and exit 0. If
-the service dies, the stores are stopped and the exit status is 1, with its last log lines.
+store whose URL is set is used as is. Then it runs the pricing service (PRICING_ADDR, default
+127.0.0.1:50052; it migrates its tables and seeds the bundled price catalog) and the budget
+service (BUDGET_ADDR, default 127.0.0.1:50051) as child processes, waits until the health check
+of each says SERVING, seeds the demo org (only budgets that do not exist yet, so an operator's
+edits survive the next start), prints where everything is, and supervises: SIGINT / SIGTERM stop
+the budget service first (it drains), then the pricing service, then Redis and PostgreSQL, and
+exit 0. If a service or a store dies, everything else is stopped and the exit status is 1, with
+the last lines of its log.
 
 Every child runs in its own session, so a terminal's Ctrl-C reaches only this process, which
 stops them in order; on Linux each child also gets a parent-death signal, so a SIGKILLed
@@ -50,7 +53,7 @@ STORE_HOST = "127.0.0.1"
 
 REDIS_START_TIMEOUT = 20.0
 POSTGRES_START_TIMEOUT = 90.0  # the first start runs initdb
-SERVING_TIMEOUT = 60.0  # migrations and the Redis reconcile run before the service serves
+SERVING_TIMEOUT = 60.0  # migrations, the Redis reconcile, the catalog seed run before serving
 STORE_STOP_TIMEOUT = 15.0
 SERVICE_STOP_MARGIN = 5.0  # on top of the service's own SHUTDOWN_GRACE_SECONDS
 RPC_TIMEOUT = 10.0
@@ -71,10 +74,16 @@ DEMO_BUDGETS = (
 )  # fmt: skip
 SEED_ACTOR = "devstack-seed"
 
+BUDGET_MODULE = "budget_service"
+PRICING_MODULE = "pricing_service"
+# The gRPC listen-address settings and the port each one's example uses.
+ADDR_SETTINGS = {"BUDGET_ADDR": 50051, "PRICING_ADDR": 50052}
+PRICE_EXAMPLE_MODEL = "openai/gpt-4o"
+
 USAGE = f"""usage: python -m devstack   (or: make run)
 
-Starts Redis, PostgreSQL and the budget service for local development, seeds the demo org
-({", ".join(b.id for b in DEMO_BUDGETS)}) and runs until Ctrl-C or SIGTERM.
+Starts Redis, PostgreSQL, the pricing service and the budget service for local development,
+seeds the demo org ({", ".join(b.id for b in DEMO_BUDGETS)}) and runs until Ctrl-C or SIGTERM.
 
 Environment:
   BUDGET_DATA_DIR     where Redis and PostgreSQL keep their data (default ./.data)
@@ -83,8 +92,9 @@ Environment:
   REDIS_URL           use this Redis instead of starting one
   DATABASE_URL        use this PostgreSQL instead of starting one
   BUDGET_ADDR         where the budget service listens (default 127.0.0.1:50051)
-  LOG_FORMAT          the service's log format (default: console on a terminal, else json)
-Every other setting of the service (see `python -m budget_service --help`) is passed through.
+  PRICING_ADDR        where the pricing service listens (default 127.0.0.1:50052)
+  LOG_FORMAT          the services' log format (default: console on a terminal, else json)
+Every other setting of the services (see `python -m budget_service --help`) is passed through.
 """
 
 
@@ -97,7 +107,14 @@ class StopRequested(Exception):
 
 
 class ChildDied(Exception):
-    """The service or a store exited on its own: exit status 1."""
+    """A service or a store exited on its own (or did not come up): exit status 1.
+
+    `service` is the service at fault, if any: its last log lines go with the message.
+    """
+
+    def __init__(self, message: str, service: ServiceProcess | None = None) -> None:
+        super().__init__(message)
+        self.service = service
 
 
 def say(message: str) -> None:
@@ -118,6 +135,7 @@ class DevConfig:
     redis_port: int
     postgres_port: int
     budget_addr: str
+    pricing_addr: str
     log_format: str
     shutdown_grace_seconds: float
 
@@ -127,11 +145,14 @@ class DevConfig:
             settings = Settings.from_env(dict(env))
         except ConfigError as exc:
             raise DevstackError(exc.message) from exc
-        _, port = split_addr(settings.budget_addr)
-        if port == 0:
-            raise DevstackError(
-                f"BUDGET_ADDR={settings.budget_addr!r} needs a fixed port, e.g. 127.0.0.1:50051"
-            )
+        for env_var, addr in (
+            ("BUDGET_ADDR", settings.budget_addr),
+            ("PRICING_ADDR", settings.pricing_addr),
+        ):
+            _, port = split_addr(addr, env_var)
+            if port == 0:
+                example = f"127.0.0.1:{ADDR_SETTINGS[env_var]}"
+                raise DevstackError(f"{env_var}={addr!r} needs a fixed port, e.g. {example}")
         log_format = env.get("LOG_FORMAT") or ("console" if stdout_is_tty else "json")
         return cls(
             data_dir=Path(settings.data_dir),
@@ -140,13 +161,18 @@ class DevConfig:
             redis_port=_port_setting(env, "DEV_REDIS_PORT", DEFAULT_REDIS_PORT),
             postgres_port=_port_setting(env, "DEV_POSTGRES_PORT", DEFAULT_POSTGRES_PORT),
             budget_addr=settings.budget_addr,
+            pricing_addr=settings.pricing_addr,
             log_format=log_format,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
         )
 
     @property
     def service_log(self) -> Path:
-        return self.data_dir / "budget_service.log"
+        return self.data_dir / f"{BUDGET_MODULE}.log"
+
+    @property
+    def pricing_log(self) -> Path:
+        return self.data_dir / f"{PRICING_MODULE}.log"
 
 
 def _port_setting(env: Mapping[str, str], name: str, default: int) -> int:
@@ -158,20 +184,29 @@ def _port_setting(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
-def split_addr(addr: str) -> tuple[str, int]:
+def split_addr(addr: str, env_var: str = "BUDGET_ADDR") -> tuple[str, int]:
     """('host', port) of a gRPC listen address such as 127.0.0.1:50051 or [::]:50051."""
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
-        raise DevstackError(f"BUDGET_ADDR={addr!r} is not host:port, e.g. 127.0.0.1:50051")
+        example = ADDR_SETTINGS.get(env_var, 50051)
+        raise DevstackError(f"{env_var}={addr!r} is not host:port, e.g. 127.0.0.1:{example}")
     return host.strip("[]"), int(port)
 
 
-def dial_target(addr: str) -> str:
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "*")
+
+
+def dial_target(addr: str, env_var: str = "BUDGET_ADDR") -> str:
     """Where a client on this machine reaches a service listening on `addr`."""
-    host, port = split_addr(addr)
-    if host in ("", "0.0.0.0", "::", "*"):
+    host, port = split_addr(addr, env_var)
+    if host in WILDCARD_HOSTS:
         host = "127.0.0.1"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _hosts_overlap(a: str, b: str) -> bool:
+    """Whether listening on the same port on hosts `a` and `b` would collide."""
+    return a == b or a in WILDCARD_HOSTS or b in WILDCARD_HOSTS
 
 
 # --- ports --------------------------------------------------------------------------------------
@@ -211,7 +246,7 @@ def check_port(host: str, port: int, what: str, env_var: str, alternative: str) 
         return
     spare = _free_neighbour(host, port)
     example = str(spare) if spare else "<a free port>"
-    if env_var == "BUDGET_ADDR":
+    if env_var in ADDR_SETTINGS:
         example = f"{host or '0.0.0.0'}:{example}"
     raise DevstackError(
         f"port {port} on {host or '*'} ({what}) is already in use: is another `make run`"
@@ -269,9 +304,11 @@ class DevPostgres(_SupervisedServer, PostgresProcess):
 
 
 class ServiceProcess:
-    """`python -m budget_service` as a child; its output goes to our stdout and to a log file."""
+    """`python -m <module>` as a child; its output goes to our stdout and to a log file."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(self, module: str, env: Mapping[str, str], log_path: Path) -> None:
+        self.module = module
+        self.name = module.replace("_", " ")  # "budget service", for messages
         self.env = dict(env)
         self.log_path = log_path
         self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
@@ -284,7 +321,7 @@ class ServiceProcess:
 
     def start(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "budget_service"],
+            [sys.executable, "-m", self.module],
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -292,7 +329,9 @@ class ServiceProcess:
             start_new_session=True,
             preexec_fn=_die_with_parent(signal.SIGTERM),
         )
-        self._pump = threading.Thread(target=self._copy_output, name="service-log", daemon=True)
+        self._pump = threading.Thread(
+            target=self._copy_output, name=f"{self.module}-log", daemon=True
+        )
         self._pump.start()
 
     def _copy_output(self) -> None:
@@ -323,7 +362,7 @@ class ServiceProcess:
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                say(f"the budget service did not stop within {timeout:g}s; killing it")
+                say(f"the {self.name} did not stop within {timeout:g}s; killing it")
                 proc.kill()
                 proc.wait()
         self.join_output()
@@ -334,7 +373,7 @@ class ServiceProcess:
             self._pump.join(timeout=5)
 
 
-# --- the budget service's API -------------------------------------------------------------------
+# --- the services' APIs -------------------------------------------------------------------------
 
 
 def _exit_description(code: int) -> str:
@@ -351,17 +390,30 @@ def _channel(addr: str) -> grpc.Channel:
     return grpc.insecure_channel(dial_target(addr), options=[("grpc.enable_http_proxy", 0)])
 
 
-def wait_serving(addr: str, service: ServiceProcess, stop: threading.Event, timeout: float) -> None:
-    """Poll the gRPC health check until SERVING; bounded by `timeout`."""
+def wait_serving(
+    addr: str,
+    service: ServiceProcess,
+    stop: threading.Event,
+    timeout: float,
+    others: Sequence[ServiceProcess] = (),
+) -> None:
+    """Poll the gRPC health check until SERVING; bounded by `timeout`.
+
+    `others` are services starting at the same time: if one of them dies meanwhile, that ends
+    the wait too.
+    """
     deadline = time.monotonic() + timeout
     with _channel(addr) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while True:
             if stop.is_set():
                 raise StopRequested
-            code = service.poll()
-            if code is not None:
-                raise ChildDied(f"the budget service {_exit_description(code)} while starting")
+            for child in (service, *others):
+                code = child.poll()
+                if code is not None:
+                    raise ChildDied(
+                        f"the {child.name} {_exit_description(code)} while starting", child
+                    )
             try:
                 reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -369,7 +421,9 @@ def wait_serving(addr: str, service: ServiceProcess, stop: threading.Event, time
             except grpc.RpcError:
                 pass
             if time.monotonic() >= deadline:
-                raise ChildDied(f"the budget service was not SERVING on {addr} within {timeout:g}s")
+                raise ChildDied(
+                    f"the {service.name} was not SERVING on {addr} within {timeout:g}s", service
+                )
             time.sleep(POLL_INTERVAL)
 
 
@@ -432,26 +486,37 @@ def _grpcurl() -> str:
 
 
 class DevStack:
-    """Starts, watches and stops Redis, PostgreSQL and the budget service."""
+    """Starts, watches and stops Redis, PostgreSQL, the pricing service and the budget service."""
 
     def __init__(self, config: DevConfig, stop: threading.Event) -> None:
         self.config = config
         self.stop = stop
         self.redis: DevRedis | None = None
         self.postgres: DevPostgres | None = None
-        self.service: ServiceProcess | None = None
+        self.budget: ServiceProcess | None = None
+        self.pricing: ServiceProcess | None = None
         self.redis_url = config.redis_url
         self.database_url = config.database_url
+
+    @property
+    def services(self) -> list[ServiceProcess]:
+        """The services started so far, in stop order: the budget service first."""
+        return [s for s in (self.budget, self.pricing) if s is not None]
 
     def run(self) -> int:
         """Start everything, serve until a stop signal; the process exit status."""
         failure: str | None = None
+        at_fault: list[ServiceProcess] = []
         code = 0
         try:
             self._preflight()
             self._start_stores()
-            self._start_service()
-            seeded = seed_demo(self.config.budget_addr)
+            self._start_services()
+            assert self.budget is not None
+            try:
+                seeded = seed_demo(self.config.budget_addr)
+            except ChildDied as exc:
+                raise ChildDied(str(exc), self.budget) from exc
             self._banner(seeded)
             self._supervise()
         except StopRequested:
@@ -460,18 +525,35 @@ class DevStack:
             failure, code = str(exc), 2
         except ChildDied as exc:
             failure, code = str(exc), 1
+            if exc.service is not None:
+                at_fault.append(exc.service)
         finally:
+            # A service that exited on its own says why in its log, whatever failed first.
+            at_fault += [s for s in self.services if s.poll() is not None and s not in at_fault]
             self._shutdown()
         if failure is not None:
-            if self.service is not None and self.service.poll() is not None:
-                lines = "\n".join(self.service.tail) or "<no output>"
-                failure += f"\n--- last lines of the budget service's log ---\n{lines}"
+            for service in at_fault:
+                lines = "\n".join(service.tail) or "<no output>"
+                failure += f"\n--- last lines of the {service.name}'s log ---\n{lines}"
             say(failure)
         return code
 
     def _preflight(self) -> None:
         c = self.config
         c.data_dir.mkdir(parents=True, exist_ok=True)
+        wanted: list[tuple[str, str, int]] = []  # (setting, host, port) of what will listen
+        if not c.redis_url:
+            wanted.append(("DEV_REDIS_PORT", STORE_HOST, c.redis_port))
+        if not c.database_url:
+            wanted.append(("DEV_POSTGRES_PORT", STORE_HOST, c.postgres_port))
+        wanted.append(("BUDGET_ADDR", *split_addr(c.budget_addr, "BUDGET_ADDR")))
+        wanted.append(("PRICING_ADDR", *split_addr(c.pricing_addr, "PRICING_ADDR")))
+        for i, (first, first_host, port) in enumerate(wanted):
+            for second, second_host, other in wanted[i + 1 :]:
+                if port == other and _hosts_overlap(first_host, second_host):
+                    raise DevstackError(
+                        f"{first} and {second} both use port {port}: give each its own"
+                    )
         if not c.redis_url:
             check_port(
                 STORE_HOST,
@@ -488,8 +570,10 @@ class DevStack:
                 "DEV_POSTGRES_PORT",
                 "or set DATABASE_URL to use a PostgreSQL of your own.",
             )
-        host, port = split_addr(c.budget_addr)
+        host, port = split_addr(c.budget_addr, "BUDGET_ADDR")
         check_port(host, port, "the budget service", "BUDGET_ADDR", "")
+        host, port = split_addr(c.pricing_addr, "PRICING_ADDR")
+        check_port(host, port, "the pricing service", "PRICING_ADDR", "")
 
     def _start_stores(self) -> None:
         c = self.config
@@ -519,23 +603,35 @@ class DevStack:
         if self.stop.is_set():
             raise StopRequested
 
-    def _start_service(self) -> None:
+    def _start_services(self) -> None:
+        """Both services at once (their migrations take turns on a lock), then both SERVING."""
+        c = self.config
         env = dict(os.environ)
         env.update(
             REDIS_URL=self.redis_url,
             DATABASE_URL=self.database_url,
-            BUDGET_ADDR=self.config.budget_addr,
-            LOG_FORMAT=self.config.log_format,
+            BUDGET_ADDR=c.budget_addr,
+            PRICING_ADDR=c.pricing_addr,
+            LOG_FORMAT=c.log_format,
             PYTHONUNBUFFERED="1",
         )
-        self.service = ServiceProcess(env, self.config.service_log)
-        say(f"starting the budget service on {self.config.budget_addr}")
-        self.service.start()
-        wait_serving(self.config.budget_addr, self.service, self.stop, SERVING_TIMEOUT)
+        self.pricing = ServiceProcess(PRICING_MODULE, env, c.pricing_log)
+        say(f"starting the pricing service on {c.pricing_addr}")
+        self.pricing.start()
+        self.budget = ServiceProcess(BUDGET_MODULE, env, c.service_log)
+        say(f"starting the budget service on {c.budget_addr}")
+        self.budget.start()
+        # One deadline for both: they start side by side.
+        deadline = time.monotonic() + SERVING_TIMEOUT
+        for addr, service in ((c.pricing_addr, self.pricing), (c.budget_addr, self.budget)):
+            others = [s for s in self.services if s is not service]
+            remaining = max(deadline - time.monotonic(), POLL_INTERVAL)
+            wait_serving(addr, service, self.stop, remaining, others)
 
     def _banner(self, seeded: list[tuple[pb.Budget, bool]]) -> None:
         c = self.config
         addr = dial_target(c.budget_addr)
+        pricing_addr = dial_target(c.pricing_addr, "PRICING_ADDR")
         redis = (
             f"{self.redis_url}  data {self.redis.data_dir} (AOF, appendfsync everysec)"
             if self.redis
@@ -550,24 +646,30 @@ class DevStack:
             f"{_describe(b)} {'created' if created else 'kept as it was'}" for b, created in seeded
         )
         request = f'{{"org":"{DEMO_ORG}","budget_id":"{DEMO_BUDGETS[0].id}"}}'
+        price_request = f'{{"model":"{PRICE_EXAMPLE_MODEL}"}}'
         own = " and ".join(
             name
             for name, store in (("Redis", self.redis), ("PostgreSQL", self.postgres))
             if store is not None
         )
         stopping = (
-            f"the service drains, then {own} stop; data is kept"
+            f"the budget service, then the pricing service drain, then {own} stop; data is kept"
             if own
-            else "the service drains and stops"
+            else "the budget service, then the pricing service drain and stop"
         )
+        grpcurl = _grpcurl()
         print(
             f"\nbudget service ready on {addr}  (gRPC, plaintext, reflection on)\n"
+            f"pricing service ready on {pricing_addr}  (gRPC, plaintext, reflection on)\n"
             f"  redis       {redis}\n"
             f"  postgresql  {postgres}\n"
             f"  service log {c.service_log.absolute()}\n"
+            f"  pricing log {c.pricing_log.absolute()}\n"
             f"  demo org    {DEMO_ORG}: {demo}\n"
-            f"  try         {_grpcurl()} -plaintext -d '{request}' {addr}"
+            f"  try         {grpcurl} -plaintext -d '{request}' {addr}"
             f" budget.v1.BudgetAdminService/GetBudgetStatus\n"
+            f"  a price     {grpcurl} -plaintext -d '{price_request}' {pricing_addr}"
+            f" pricing.v1.PricingService/GetPrice\n"
             f"  walkthrough docs/walkthrough.md\n"
             f"  stop        Ctrl-C ({stopping})\n",
             file=sys.stderr,
@@ -576,11 +678,11 @@ class DevStack:
 
     def _supervise(self) -> None:
         """Wait for a stop signal, or for a child to exit on its own."""
-        assert self.service is not None
         while not self.stop.wait(POLL_INTERVAL):
-            code = self.service.poll()
-            if code is not None:
-                raise ChildDied(f"the budget service {_exit_description(code)}")
+            for service in self.services:
+                code = service.poll()
+                if code is not None:
+                    raise ChildDied(f"the {service.name} {_exit_description(code)}", service)
             for store in (self.redis, self.postgres):
                 if store is not None and not store.running:
                     raise ChildDied(
@@ -589,12 +691,15 @@ class DevStack:
                     )
 
     def _shutdown(self) -> None:
-        """The service first (it drains), then the stores. Idempotent."""
-        if self.service is not None:
-            if self.service.poll() is None:
-                say("stopping the budget service")
-            timeout = self.config.shutdown_grace_seconds + SERVICE_STOP_MARGIN
-            self.service.stop(timeout)
+        """The budget service first (it drains), then the pricing service, then the stores.
+
+        Idempotent.
+        """
+        timeout = self.config.shutdown_grace_seconds + SERVICE_STOP_MARGIN
+        for service in self.services:
+            if service.poll() is None:
+                say(f"stopping the {service.name}")
+            service.stop(timeout)
         for store in (self.redis, self.postgres):
             if store is not None and store.running:
                 say(f"stopping {store.name}")
@@ -603,7 +708,7 @@ class DevStack:
                 store.stop()  # already exited: just clean up after it
         if self.redis or self.postgres:
             say(f"stopped; data kept in {self.config.data_dir.absolute()}")
-        elif self.service:
+        elif self.services:
             say("stopped")
 
 

@@ -18,6 +18,7 @@ from budget_service.clock import OffsetClock
 from budget_service.settings import Settings
 from devstack import PostgresProcess, RedisProcess, free_port
 from genproto.budget.v1 import budget_pb2_grpc
+from pricing_service import server as pricing_server
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -73,9 +74,23 @@ def _logging() -> None:
 
 
 @pytest.fixture(scope="session")
-async def app(_logging: None, stack: Stack, clock: OffsetClock) -> AsyncIterator[server.App]:
-    """The budget service, in this process, for the whole run."""
-    running = await server.start(service_settings(stack), clock)
+async def pricing_app(_logging: None, stack: Stack) -> AsyncIterator[pricing_server.PricingApp]:
+    """The pricing service, in this process, for the whole run (bundled catalog loaded)."""
+    running = await pricing_server.start(service_settings(stack, pricing_addr="127.0.0.1:0"))
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+@pytest.fixture(scope="session")
+async def app(
+    _logging: None, stack: Stack, clock: OffsetClock, pricing_app: pricing_server.PricingApp
+) -> AsyncIterator[server.App]:
+    """The budget service, in this process, for the whole run, pricing from `pricing_app`."""
+    settings = service_settings(stack, pricing_addr=f"127.0.0.1:{pricing_app.port}")
+    running = await server.start(settings, clock)
+    assert await running.prices.wait_ready(30), "the price table never loaded"
     try:
         yield running
     finally:

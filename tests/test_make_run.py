@@ -1,5 +1,8 @@
 """End to end: `python -m devstack` (what `make run` runs), the grpcurl walkthrough, stop, restart.
 
+devstack runs Redis, PostgreSQL, the budget service and the pricing service; both services must
+answer, and Ctrl-C must stop all four in order.
+
 The walkthrough test runs every ```sh block of docs/walkthrough.md with the venv's grpcurl and
 compares the answer with the block documented under it, so the walkthrough cannot go stale.
 """
@@ -33,9 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 WALKTHROUGH = ROOT / "docs" / "walkthrough.md"
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 DOC_ADDR = "127.0.0.1:50051"
+SERVICE_MODULES = ("budget_service", "pricing_service")  # `python -m <module>` children
 
 START_TIMEOUT = 120.0  # first start: initdb, migrations, then SERVING
-STOP_TIMEOUT = 60.0  # the service's 10 s grace, then Redis and PostgreSQL
+STOP_TIMEOUT = 60.0  # each service's 5 s grace (+ margin), then Redis and PostgreSQL
 COMMAND_TIMEOUT = 30.0
 PREFLIGHT_TIMEOUT = 30.0
 
@@ -158,6 +162,19 @@ def check_step(step: Step, addr: str) -> None:
         assert not missing, f"{where}\nmissing lines {missing} in the answer:\n{actual}"
 
 
+def port_of(addr: str) -> int:
+    return int(addr.rsplit(":", 1)[1])
+
+
+def check_gpt_4o_price(result: subprocess.CompletedProcess[str]) -> None:
+    """GetPrice openai/gpt-4o answered from the bundled catalog (values may change, not shape)."""
+    assert result.returncode == 0, f"GetPrice openai/gpt-4o: {result.stdout}{result.stderr}"
+    price = json.loads(result.stdout)
+    assert (price["provider"], price["model"]) == ("openai", "gpt-4o"), price
+    assert price["prices"]["input"] and price["prices"]["output"], price
+    assert int(price["version"]) >= 1, price
+
+
 def budget_status(addr: str, budget_id: str) -> Any:
     request = json.dumps({"org": "demo", "budget_id": budget_id})
     result = run_grpcurl(
@@ -177,6 +194,7 @@ class Devstack:
     def __init__(self, env: dict[str, str], addr: str, logs: Path, name: str) -> None:
         self.env = env
         self.addr = addr
+        self.pricing_addr = env["PRICING_ADDR"]
         self.stdout_path = logs / f"{name}.stdout"
         self.stderr_path = logs / f"{name}.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -199,22 +217,11 @@ class Devstack:
         )
 
     def wait_serving(self, timeout: float = START_TIMEOUT) -> None:
+        """Both services SERVING and the banner printed, within `timeout`."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
-        options = [("grpc.enable_http_proxy", 0)]
-        with grpc.insecure_channel(self.addr, options=options) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while True:
-                code = self.proc.poll()
-                assert code is None, f"devstack exited with {code} while starting\n{self.output()}"
-                with contextlib.suppress(grpc.RpcError):
-                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                assert time.monotonic() < deadline, (
-                    f"not SERVING within {timeout:g}s\n{self.output()}"
-                )
-                time.sleep(0.2)
+        for addr in (self.addr, self.pricing_addr):
+            self._wait_health(addr, deadline, timeout)
         # SERVING comes before the demo org is seeded; the banner comes after.
         while "budget service ready on" not in self.stderr_path.read_text():
             code = self.proc.poll()
@@ -223,8 +230,34 @@ class Devstack:
             time.sleep(0.1)
         self.seen_children |= set(self.process_tree())
 
+    def _wait_health(self, addr: str, deadline: float, timeout: float) -> None:
+        assert self.proc is not None
+        options = [("grpc.enable_http_proxy", 0)]
+        with grpc.insecure_channel(addr, options=options) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                code = self.proc.poll()
+                assert code is None, f"devstack exited with {code} while starting\n{self.output()}"
+                with contextlib.suppress(grpc.RpcError):
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                assert time.monotonic() < deadline, (
+                    f"{addr} not SERVING within {timeout:g}s\n{self.output()}"
+                )
+                time.sleep(0.2)
+
+    def banner_command(self, label: str) -> list[str]:
+        """The banner's command on the line `label` (e.g. "a price"), for the venv's grpcurl."""
+        for line in self.stderr_path.read_text().splitlines():
+            if line.strip().startswith(f"{label} "):
+                args = shlex.split(line.strip().removeprefix(label))
+                assert Path(args[0]).name == "grpcurl", line
+                return [str(GRPCURL), *args[1:]]
+        pytest.fail(f"no {label!r} line in the banner\n{self.output()}")
+
     def process_tree(self) -> dict[int, str]:
-        """pid -> command name of everything devstack runs (Redis, PostgreSQL, the service)."""
+        """pid -> command name of everything devstack runs (Redis, PostgreSQL, the services)."""
         assert self.proc is not None
         tree: dict[int, str] = {}
         todo = [self.proc.pid]
@@ -233,7 +266,8 @@ class Devstack:
                 with contextlib.suppress(OSError):
                     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
                     comm = Path(f"/proc/{pid}/comm").read_text().strip()
-                    tree[pid] = "budget_service" if b"budget_service" in argv else comm
+                    modules = [m for m in SERVICE_MODULES if m.encode() in argv]
+                    tree[pid] = modules[0] if modules else comm
                     todo.append(pid)
         return tree
 
@@ -270,7 +304,9 @@ def devstacks() -> Iterator[list[Devstack]]:
             stack.kill()
 
 
-def devstack_env(data_dir: Path, redis_port: int, pg_port: int, addr: str) -> dict[str, str]:
+def devstack_env(
+    data_dir: Path, redis_port: int, pg_port: int, addr: str, pricing_addr: str
+) -> dict[str, str]:
     env = grpcurl_env()
     for name in ("REDIS_URL", "DATABASE_URL", "LOG_FORMAT"):
         env.pop(name, None)
@@ -279,6 +315,7 @@ def devstack_env(data_dir: Path, redis_port: int, pg_port: int, addr: str) -> di
         DEV_REDIS_PORT=str(redis_port),
         DEV_POSTGRES_PORT=str(pg_port),
         BUDGET_ADDR=addr,
+        PRICING_ADDR=pricing_addr,
         SHUTDOWN_GRACE_SECONDS="5",
     )
     return env
@@ -314,13 +351,19 @@ def test_walkthrough_parses() -> None:
 def test_make_run_walkthrough_stop_and_restart(tmp_path: Path, devstacks: list[Devstack]) -> None:
     steps = walkthrough_steps(WALKTHROUGH.read_text())
     redis_port, pg_port = free_port(), free_port()
-    addr = f"127.0.0.1:{free_port()}"
-    env = devstack_env(tmp_path / "data", redis_port, pg_port, addr)
+    addr, pricing_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    env = devstack_env(tmp_path / "data", redis_port, pg_port, addr, pricing_addr)
 
     first = Devstack(env, addr, tmp_path, "first")
     devstacks.append(first)
     first.start()
     first.wait_serving()
+
+    # The pricing service answers, with the bundled catalog, as the banner shows.
+    price_command = first.banner_command("a price")
+    assert pricing_addr in price_command and "pricing.v1.PricingService/GetPrice" in price_command
+    assert json.loads(price_command[price_command.index("-d") + 1]) == {"model": "openai/gpt-4o"}
+    check_gpt_4o_price(run_grpcurl(price_command))
 
     for step in steps:
         check_step(step, addr)
@@ -339,15 +382,20 @@ def test_make_run_walkthrough_stop_and_restart(tmp_path: Path, devstacks: list[D
     # Ctrl-C: exit 0, and nothing left running or listening.
     children = first.process_tree()
     names = sorted(set(children.values()))
-    assert {"redis-server", "postgres", "budget_service"} <= set(names), names
+    assert {"redis-server", "postgres", *SERVICE_MODULES} <= set(names), names
     assert first.interrupt() == 0, first.output()
     alive = {pid: name for pid, name in children.items() if pid_alive(pid)}
     assert not alive, f"still running after devstack exited: {alive}"
-    for port in (redis_port, pg_port, int(addr.rsplit(":", 1)[1])):
+    for port in (redis_port, pg_port, port_of(addr), port_of(pricing_addr)):
         assert not port_in_use("127.0.0.1", port), f"port {port} still in use"
-    assert '"event": "server.stopped"' in first.stdout_path.read_text()  # drained, not killed
+    stdout = first.stdout_path.read_text()
+    assert '"event": "server.stopped"' in stdout  # drained, not killed
+    assert '"event": "pricing.stopped"' in stdout
     stderr = first.stderr_path.read_text()
-    order = [stderr.index(f"stopping {what}") for what in ("the budget service", "redis", "post")]
+    order = [
+        stderr.index(f"stopping {what}")
+        for what in ("the budget service", "the pricing service", "redis", "post")
+    ]
     assert order == sorted(order), stderr
 
     # A second start reuses the data: budgets (not re-seeded) and spend are still there.
@@ -369,17 +417,19 @@ def test_make_run_walkthrough_stop_and_restart(tmp_path: Path, devstacks: list[D
     assert second.interrupt() == 0, second.output()
 
 
-@pytest.mark.parametrize("taken", ["DEV_REDIS_PORT", "DEV_POSTGRES_PORT", "BUDGET_ADDR"])
+@pytest.mark.parametrize(
+    "taken", ["DEV_REDIS_PORT", "DEV_POSTGRES_PORT", "BUDGET_ADDR", "PRICING_ADDR"]
+)
 def test_port_in_use_names_the_setting(tmp_path: Path, taken: str) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
         ports = {"DEV_REDIS_PORT": free_port(), "DEV_POSTGRES_PORT": free_port(),
-                 "BUDGET_ADDR": free_port(), taken: port}  # fmt: skip
+                 "BUDGET_ADDR": free_port(), "PRICING_ADDR": free_port(), taken: port}  # fmt: skip
         env = devstack_env(
             tmp_path / "data", ports["DEV_REDIS_PORT"], ports["DEV_POSTGRES_PORT"],
-            f"127.0.0.1:{ports['BUDGET_ADDR']}",
+            f"127.0.0.1:{ports['BUDGET_ADDR']}", f"127.0.0.1:{ports['PRICING_ADDR']}",
         )  # fmt: skip
         result = subprocess.run(
             [sys.executable, "-m", "devstack"], cwd=ROOT, env=env, capture_output=True,
@@ -389,3 +439,47 @@ def test_port_in_use_names_the_setting(tmp_path: Path, taken: str) -> None:
     assert f"port {port} " in result.stderr
     assert f"set {taken} to a free one" in result.stderr
     assert not (tmp_path / "data" / "redis").exists()  # nothing was started
+
+
+def test_budget_and_pricing_addr_on_one_port_is_refused(tmp_path: Path) -> None:
+    port = free_port()
+    env = devstack_env(
+        tmp_path / "data", free_port(), free_port(), f"127.0.0.1:{port}", f"0.0.0.0:{port}"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "devstack"], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=PREFLIGHT_TIMEOUT, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"BUDGET_ADDR and PRICING_ADDR both use port {port}" in result.stderr
+    assert not (tmp_path / "data" / "redis").exists()
+
+
+def test_a_dead_pricing_service_stops_everything(tmp_path: Path, devstacks: list[Devstack]) -> None:
+    addr, pricing_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    env = devstack_env(tmp_path / "data", free_port(), free_port(), addr, pricing_addr)
+    stack = Devstack(env, addr, tmp_path, "dies")
+    devstacks.append(stack)
+    stack.start()
+    stack.wait_serving()
+    assert stack.proc is not None
+    children = stack.process_tree()
+    pricing = [pid for pid, name in children.items() if name == "pricing_service"]
+    assert len(pricing) == 1, children
+    os.kill(pricing[0], signal.SIGKILL)
+    try:
+        code = stack.proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"devstack did not exit within {STOP_TIMEOUT:g}s\n{stack.output()}")
+    assert code == 1, stack.output()
+    stderr = stack.stderr_path.read_text()
+    assert "the pricing service was killed by SIGKILL" in stderr, stderr
+    tail = stderr.split("--- last lines of the pricing service's log ---", 1)
+    assert len(tail) == 2 and "pricing.started" in tail[1], stderr
+    # The budget service was stopped as on Ctrl-C (it drained), and so were the stores.
+    assert '"event": "server.stopped"' in stack.stdout_path.read_text()
+    alive = {pid: name for pid, name in children.items() if pid_alive(pid)}
+    assert not alive, f"still running after devstack exited: {alive}"
+    for port in (int(env["DEV_REDIS_PORT"]), int(env["DEV_POSTGRES_PORT"]),
+                 port_of(addr), port_of(pricing_addr)):  # fmt: skip
+        assert not port_in_use("127.0.0.1", port), f"port {port} still in use"

@@ -14,18 +14,12 @@ from google.protobuf import timestamp_pb2
 from genproto.budget.v1 import budget_pb2
 from genproto.pricing.v1 import pricing_pb2 as pb
 from genproto.pricing.v1 import pricing_pb2_grpc
-from pricing_service import server as pricing_server
-from tests.conftest import Stack, service_settings
 
 
 @pytest.fixture(scope="session")
-async def pricing(stack: Stack) -> AsyncIterator[pricing_pb2_grpc.PricingServiceStub]:
-    app = await pricing_server.start(service_settings(stack, pricing_addr="127.0.0.1:0"))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            yield pricing_pb2_grpc.PricingServiceStub(channel)
-    finally:
-        await app.stop()
+async def pricing(pricing_app) -> AsyncIterator[pricing_pb2_grpc.PricingServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{pricing_app.port}") as channel:
+        yield pricing_pb2_grpc.PricingServiceStub(channel)
 
 
 async def test_get_price_resolves_prefixed_and_dated_names(pricing):

@@ -12,10 +12,13 @@ local actual = ARGV[4]
 local now_ms = tonumber(ARGV[5])
 local retention_ms = ARGV[6]
 local uids = ARGV[7]
-local n = tonumber(ARGV[8])
--- ARGV[8 + i]: current period start of budget i
+-- The price version `actual` was priced with: '' for an amount commit, '?' to ask for it.
+local price_version = ARGV[8]
+local n = tonumber(ARGV[9])
+-- ARGV[9 + i]: current period start of budget i
 
-local r = redis.call('HMGET', res_key, 'state', 'amount', 'uids', 'exp', 'cfp', 'cres')
+local r = redis.call('HMGET', res_key, 'state', 'amount', 'uids', 'exp', 'cfp', 'cres', 'pv')
+local reserved_pv = r[7] or '0'
 local state = r[1]
 if not state then return reply({'NOTFOUND'}) end
 if state == 'committed' then
@@ -23,7 +26,9 @@ if state == 'committed' then
   return '["DUP",' .. r[6] .. ']'
 end
 if state == 'released' then return reply({'RELEASED'}) end
-if r[3] ~= uids then return reply({'KEYS', r[3]}) end
+if r[3] ~= uids then return reply({'KEYS', r[3], reserved_pv}) end
+-- A usage commit is priced with the reservation's price version: a stale guess changes nothing.
+if price_version ~= '' and price_version ~= reserved_pv then return reply({'PV', reserved_pv}) end
 if stale_config(cfg_key, cfg_version) then return reply({'STALE'}) end
 
 local hold = r[2]
@@ -33,7 +38,7 @@ local late = now_ms >= tonumber(r[4])
 local balances = {}
 local commit_periods = {}
 for i = 1, n do
-  local b = read_budget(KEYS[3 + i], ARGV[8 + i])
+  local b = read_budget(KEYS[3 + i], ARGV[9 + i])
   if b then
     write_reset(b)
     incr(b, 'spent', actual)

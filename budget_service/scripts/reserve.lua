@@ -12,8 +12,9 @@ local critical = ARGV[5] == '1'
 local now_ms = ARGV[6]
 local expires_ms = ARGV[7]
 local retention_ms = tonumber(ARGV[8])
-local n = tonumber(ARGV[9])
--- ARGV[10 + 2i], ARGV[11 + 2i]: uid and current period start of budget i (0-based)
+local price_version = ARGV[9]  -- '0' for an amount estimate
+local n = tonumber(ARGV[10])
+-- ARGV[9 + 2i], ARGV[10 + 2i]: uid and current period start of budget i (1-based)
 
 local existing = redis.call('HMGET', res_key, 'fp', 'rres')
 if existing[1] then
@@ -28,8 +29,8 @@ local uids = {}
 local refused = {}
 local balances = {}
 for i = 1, n do
-  local uid = ARGV[8 + 2 * i]
-  local b = read_budget(KEYS[3 + i], ARGV[9 + 2 * i])
+  local uid = ARGV[9 + 2 * i]
+  local b = read_budget(KEYS[3 + i], ARGV[10 + 2 * i])
   if not b then return reply({'STALE'}) end
   local need = big_add(big_add(big(b.spent), big(b.reserved)), want)
   local over = big_gt(need, big(b.limit))
@@ -51,7 +52,8 @@ for i = 1, n do
 end
 local encoded = cjson.encode({amount, expires_ms, balances})
 redis.call('HSET', res_key, 'fp', fingerprint, 'state', 'held', 'amount', amount,
-  'uids', table.concat(uids, ','), 'exp', expires_ms, 'created', now_ms, 'rres', encoded)
+  'uids', table.concat(uids, ','), 'exp', expires_ms, 'created', now_ms, 'pv', price_version,
+  'rres', encoded)
 -- Relative TTL: Redis's clock need not agree with the service's.
 redis.call('PEXPIRE', res_key, tonumber(expires_ms) - tonumber(now_ms) + retention_ms)
 redis.call('ZADD', exp_key, expires_ms, reservation_id)

@@ -145,42 +145,48 @@ class ReserveRequest(_message.Message):
     def __init__(self, reservation_id: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ..., amount_nanos: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
-    __slots__ = ("reservation_id", "reserved_nanos", "expires_at", "budgets")
+    __slots__ = ("reservation_id", "reserved_nanos", "expires_at", "budgets", "price_version")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVED_NANOS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    PRICE_VERSION_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     reserved_nanos: int
     expires_at: _timestamp_pb2.Timestamp
     budgets: _containers.RepeatedCompositeFieldContainer[BudgetBalance]
-    def __init__(self, reservation_id: _Optional[str] = ..., reserved_nanos: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., budgets: _Optional[_Iterable[_Union[BudgetBalance, _Mapping]]] = ...) -> None: ...
+    price_version: int
+    def __init__(self, reservation_id: _Optional[str] = ..., reserved_nanos: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., budgets: _Optional[_Iterable[_Union[BudgetBalance, _Mapping]]] = ..., price_version: _Optional[int] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("org", "reservation_id", "actual_nanos", "usage")
+    __slots__ = ("org", "reservation_id", "actual_nanos", "usage", "provider_usage_json")
     ORG_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     ACTUAL_NANOS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_USAGE_JSON_FIELD_NUMBER: _ClassVar[int]
     org: str
     reservation_id: str
     actual_nanos: int
     usage: Usage
-    def __init__(self, org: _Optional[str] = ..., reservation_id: _Optional[str] = ..., actual_nanos: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    provider_usage_json: str
+    def __init__(self, org: _Optional[str] = ..., reservation_id: _Optional[str] = ..., actual_nanos: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., provider_usage_json: _Optional[str] = ...) -> None: ...
 
 class CommitResponse(_message.Message):
-    __slots__ = ("charged_nanos", "released_nanos", "overage_nanos", "budgets", "late")
+    __slots__ = ("charged_nanos", "released_nanos", "overage_nanos", "budgets", "late", "usage")
     CHARGED_NANOS_FIELD_NUMBER: _ClassVar[int]
     RELEASED_NANOS_FIELD_NUMBER: _ClassVar[int]
     OVERAGE_NANOS_FIELD_NUMBER: _ClassVar[int]
     BUDGETS_FIELD_NUMBER: _ClassVar[int]
     LATE_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     charged_nanos: int
     released_nanos: int
     overage_nanos: int
     budgets: _containers.RepeatedCompositeFieldContainer[BudgetBalance]
     late: bool
-    def __init__(self, charged_nanos: _Optional[int] = ..., released_nanos: _Optional[int] = ..., overage_nanos: _Optional[int] = ..., budgets: _Optional[_Iterable[_Union[BudgetBalance, _Mapping]]] = ..., late: _Optional[bool] = ...) -> None: ...
+    usage: Usage
+    def __init__(self, charged_nanos: _Optional[int] = ..., released_nanos: _Optional[int] = ..., overage_nanos: _Optional[int] = ..., budgets: _Optional[_Iterable[_Union[BudgetBalance, _Mapping]]] = ..., late: _Optional[bool] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("org", "reservation_id")

@@ -1,0 +1,163 @@
+"""The budget service's in-process copy of the price catalog, fed by PricingService.WatchPrices.
+
+A token-based Reserve is priced here, with no network hop. The table keeps every version it
+has seen (a reservation's commit is priced with the version its reserve used). When the stream
+breaks it reconnects and resumes from the last version it holds, so it catches up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+import structlog
+
+from budget_service.errors import InvalidArgument, Unavailable
+from genproto.pricing.v1 import pricing_pb2 as ppb
+from genproto.pricing.v1 import pricing_pb2_grpc
+from pricing_service.names import candidates, provider_hint
+from pricing_service.prices import PER_MILLION_FIELDS, TIER_PRICE_FIELDS, ModelPrice
+
+log = structlog.get_logger(__name__)
+Key = tuple[str, str]  # (provider, model)
+
+
+@dataclass(frozen=True)
+class PricedModel:
+    """One price version of one model."""
+
+    version: int
+    effective_from_ms: int
+    price: ModelPrice
+
+
+def _model_price(message: ppb.ModelPrice) -> ModelPrice:
+    def text(value: str) -> str | None:
+        return value or None
+
+    p = message.prices
+    return ModelPrice.from_dict(
+        {
+            "provider": message.provider,
+            "model": message.model,
+            "aliases": list(message.aliases),
+            "mode": message.mode or "chat",
+            "max_input_tokens": message.max_input_tokens or None,
+            "max_output_tokens": message.max_output_tokens or None,
+            "tiers": [
+                {
+                    "threshold_tokens": t.above_input_tokens,
+                    **{n: text(getattr(t, n)) for n in TIER_PRICE_FIELDS},
+                }
+                for t in p.tiers
+            ],
+            **{n: text(getattr(p, n)) for n in (*PER_MILLION_FIELDS, "request_fee")},
+        }
+    )
+
+
+class PriceTable:
+    """Model prices by name and by version, kept current by a WatchPrices stream."""
+
+    def __init__(self, pricing_addr: str, *, retry_seconds: float = 1.0) -> None:
+        self.addr = pricing_addr
+        self.retry_seconds = retry_seconds
+        self.version = 0
+        self.ready = asyncio.Event()
+        self._versions: dict[int, PricedModel] = {}
+        self._history: dict[Key, list[PricedModel]] = defaultdict(list)
+        self._names: dict[str, set[Key]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+
+    def apply(self, message: ppb.ModelPrice) -> None:
+        """Take one price version into the table."""
+        price = _model_price(message)
+        entry = PricedModel(message.version, message.effective_from.ToMilliseconds(), price)
+        self._versions[entry.version] = entry
+        key = (price.provider, price.model)
+        self._history[key].append(entry)
+        for name in (price.model, *price.aliases):
+            self._names[name].add(key)
+        self.version = max(self.version, entry.version)
+
+    def by_version(self, version: int) -> PricedModel:
+        """The price a reservation was made with."""
+        entry = self._versions.get(version)
+        if entry is None:
+            raise Unavailable(f"price version {version} is not loaded yet; retry shortly")
+        return entry
+
+    def lookup(self, model: str, provider: str = "", *, now_ms: int | None = None) -> PricedModel:
+        """The current price of `model` (aliases and name rules as the pricing service)."""
+        if not self.ready.is_set():
+            raise Unavailable("prices are not loaded yet (is the pricing service up?); retry")
+        provider = provider or provider_hint(model) or ""
+        for name in candidates(model):
+            keys = {k for k in self._names.get(name, ()) if not provider or k[0] == provider}
+            if not keys:
+                continue
+            exact = {k for k in keys if k[1] == name} or keys
+            if len(exact) > 1:
+                raise InvalidArgument(
+                    "subject.provider",
+                    f"model {model!r} is sold by {', '.join(sorted(k[0] for k in exact))};"
+                    " set subject.provider",
+                )
+            return self._current(exact.pop(), now_ms)
+        raise InvalidArgument(
+            "subject.model",
+            f"model {model!r} has no price; add one with PricingService/UpsertPrice (or a"
+            " source in PRICING_SOURCE_URLS), or reserve with amount_nanos",
+        )
+
+    def _current(self, key: Key, now_ms: int | None) -> PricedModel:
+        now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+        live = [e for e in self._history[key] if e.effective_from_ms <= now]
+        if not live:
+            raise InvalidArgument("subject.model", f"{key[1]!r} has no price in effect yet")
+        return max(live, key=lambda e: (e.effective_from_ms, e.version))
+
+    async def _follow(self) -> None:
+        delay = self.retry_seconds
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(self.addr) as channel:
+                    stub = pricing_pb2_grpc.PricingServiceStub(channel)  # type: ignore[no-untyped-call]
+                    stream = stub.WatchPrices(ppb.WatchPricesRequest(since_version=self.version))
+                    async for event in stream:
+                        delay = self.retry_seconds  # connected: a later break retries quickly
+                        if event.HasField("price"):
+                            self.apply(event.price)
+                        if event.caught_up and not self.ready.is_set():
+                            self.ready.set()
+                            log.info("prices.loaded", version=self.version,
+                                     models=len(self._history))  # fmt: skip
+            except grpc.aio.AioRpcError as exc:
+                log.warning("prices.stream_broken", code=exc.code().name, version=self.version,
+                            retry_in_seconds=delay)  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._follow(), name="price-table")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def wait_ready(self, seconds: float) -> bool:
+        """True once the catalog is loaded, False after `seconds`."""
+        try:
+            await asyncio.wait_for(self.ready.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True

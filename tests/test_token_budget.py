@@ -1,0 +1,166 @@
+"""Token-based Reserve and Commit: priced in process, exactly as EstimateCost prices them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import grpc
+import pytest
+
+from genproto.budget.v1 import budget_pb2 as pb
+from genproto.pricing.v1 import pricing_pb2 as ppb
+from genproto.pricing.v1 import pricing_pb2_grpc
+from tests.helpers import rid, status, upsert, usd
+
+
+@pytest.fixture(scope="session")
+async def pricing(pricing_app) -> AsyncIterator[pricing_pb2_grpc.PricingServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{pricing_app.port}") as channel:
+        yield pricing_pb2_grpc.PricingServiceStub(channel)
+
+
+async def reserve_tokens(budgets, org: str, model: str, input_tokens: int, max_output: int,
+                         provider: str = "") -> pb.ReserveResponse:  # fmt: skip
+    return await budgets.Reserve(pb.ReserveRequest(
+        reservation_id=rid(), subject=pb.Subject(org=org, model=model, provider=provider),
+        usage=pb.Usage(input_tokens=input_tokens, output_tokens=max_output)))  # fmt: skip
+
+
+async def estimate(pricing, model: str, usage: pb.Usage) -> int:
+    answer = await pricing.EstimateCost(ppb.EstimateCostRequest(model=model, usage=usage))
+    return int(answer.cost_nanos)
+
+
+SHAPES = [
+    (
+        "gpt-4o",
+        {"prompt_tokens": 1200, "completion_tokens": 300,
+         "prompt_tokens_details": {"cached_tokens": 1024},
+         "completion_tokens_details": {"reasoning_tokens": 0}},
+        pb.Usage(input_tokens=1200, output_tokens=300, cached_input_tokens=1024),
+    ),
+    (
+        "claude-sonnet-4-5",
+        {"input_tokens": 50, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 200,
+         "output_tokens": 400},
+        pb.Usage(input_tokens=1250, output_tokens=400, cached_input_tokens=1000,
+                 cache_write_tokens=200),
+    ),
+    (
+        "gemini-2.5-pro",
+        {"usageMetadata": {"promptTokenCount": 3000, "candidatesTokenCount": 500,
+                           "cachedContentTokenCount": 1000, "thoughtsTokenCount": 250}},
+        pb.Usage(input_tokens=3000, output_tokens=750, cached_input_tokens=1000,
+                 reasoning_tokens=250),
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("model", "raw", "usage"), SHAPES, ids=[s[0] for s in SHAPES])
+async def test_commit_of_provider_usage_charges_what_estimate_cost_says(
+    app, budgets, admin, pricing, org, model, raw, usage
+):
+    await upsert(admin, org, "cap", usd("100"))
+    held = await reserve_tokens(budgets, org, model, usage.input_tokens, 4096)
+    assert held.price_version > 0
+    assert held.reserved_nanos > 0
+    request = pb.CommitRequest(
+        org=org, reservation_id=held.reservation_id, provider_usage_json=json.dumps(raw)
+    )
+    done = await budgets.Commit(request)
+    expected = await estimate(pricing, model, usage)
+    assert done.charged_nanos == expected > 0
+    assert done.usage == usage
+    st = await status(admin, org, "cap")
+    assert (st.spent_nanos, st.reserved_nanos) == (expected, 0)
+    # The same usage sent as a Usage message is the same commit: idempotent.
+    again = await budgets.Commit(pb.CommitRequest(
+        org=org, reservation_id=held.reservation_id, usage=usage))  # fmt: skip
+    assert again.charged_nanos == expected
+
+
+async def test_token_reserve_holds_input_plus_max_output_at_the_output_rate(
+    budgets, admin, pricing, org
+):
+    await upsert(admin, org, "cap", usd("100"))
+    held = await reserve_tokens(budgets, org, "openai/gpt-4o", 1000, 800)
+    price = await pricing.GetPrice(ppb.GetPriceRequest(model="gpt-4o"))
+    per_million = 1000 * Decimal(price.prices.input) + 800 * Decimal(price.prices.output)
+    assert held.reserved_nanos == int(per_million * 1000)
+
+
+async def test_reservation_made_before_a_price_change_commits_at_its_old_price(
+    app, budgets, admin, pricing, org
+):
+    await upsert(admin, org, "cap", usd("100"))
+    usage = pb.Usage(input_tokens=10_000, output_tokens=2_000)
+    old_cost = await estimate(pricing, "gpt-4.1-nano", usage)
+    held = await reserve_tokens(budgets, org, "gpt-4.1-nano", 10_000, 2_000)
+    current = await pricing.GetPrice(ppb.GetPriceRequest(model="gpt-4.1-nano"))
+    dearer = ppb.ModelPrice()
+    dearer.CopyFrom(current)
+    dearer.prices.input = str(Decimal(current.prices.input) * 3)
+    changed = await pricing.UpsertPrice(ppb.UpsertPriceRequest(price=dearer))
+    for _ in range(100):  # the budget service's table follows WatchPrices (bounded wait)
+        if app.prices.version >= changed.version:
+            break
+        await asyncio.sleep(0.02)
+    assert app.prices.version >= changed.version
+    done = await budgets.Commit(pb.CommitRequest(org=org, reservation_id=held.reservation_id,
+                                                 usage=usage))  # fmt: skip
+    assert done.charged_nanos == old_cost
+    later = await reserve_tokens(budgets, org, "gpt-4.1-nano", 10_000, 2_000)
+    assert later.price_version == changed.version
+
+
+async def test_unknown_model_is_refused_never_priced_at_zero(budgets, admin, org):
+    await upsert(admin, org, "cap", usd("100"))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await reserve_tokens(budgets, org, "no-such-model-x", 10, 10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no-such-model-x" in (refused.value.details() or "")
+    assert "UpsertPrice" in (refused.value.details() or "")
+    assert (await status(admin, org, "cap")).reserved_nanos == 0
+
+
+async def test_usage_commit_of_an_amount_reservation_is_refused(budgets, admin, org):
+    await upsert(admin, org, "cap", usd("100"))
+    held = await budgets.Reserve(pb.ReserveRequest(
+        reservation_id=rid(), subject=pb.Subject(org=org), amount_nanos=usd("0.10")))  # fmt: skip
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await budgets.Commit(pb.CommitRequest(org=org, reservation_id=held.reservation_id,
+                                              usage=pb.Usage(input_tokens=5)))  # fmt: skip
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (await status(admin, org, "cap")).reserved_nanos == usd("0.10")
+
+
+async def test_bad_provider_usage_is_refused_naming_the_field(budgets, admin, org):
+    await upsert(admin, org, "cap", usd("100"))
+    held = await reserve_tokens(budgets, org, "gpt-4o", 10, 10)
+    for bad in ("not json", "[1, 2]", json.dumps({"prompt_tokens": -3})):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await budgets.Commit(pb.CommitRequest(org=org, reservation_id=held.reservation_id,
+                                                  provider_usage_json=bad))  # fmt: skip
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "provider_usage_json" in (refused.value.details() or "")
+
+
+async def test_commit_with_tokens_at_zero_cost_is_counted_as_a_warning(app, budgets, admin,
+                                                                       pricing, org):  # fmt: skip
+    await upsert(admin, org, "cap", usd("100"))
+    free = ppb.ModelPrice(provider="selfhost", model="free-llm",
+                          prices=ppb.Prices(input="0", output="0"))  # fmt: skip
+    recorded = await pricing.UpsertPrice(ppb.UpsertPriceRequest(price=free))
+    for _ in range(100):
+        if app.prices.version >= recorded.version:
+            break
+        await asyncio.sleep(0.02)
+    held = await reserve_tokens(budgets, org, "free-llm", 100, 100)
+    before = app.budget_service.zero_cost_commits
+    done = await budgets.Commit(pb.CommitRequest(org=org, reservation_id=held.reservation_id,
+                                                 usage=pb.Usage(input_tokens=100)))  # fmt: skip
+    assert done.charged_nanos == 0
+    assert app.budget_service.zero_cost_commits == before + 1
