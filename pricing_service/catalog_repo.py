@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -64,6 +65,17 @@ def _version(model: asyncpg.Record, row: asyncpg.Record, aliases: list[str]) -> 
                         row["source"])  # fmt: skip
 
 
+@dataclass(frozen=True)
+class SourceState:
+    """What a price source last delivered that was accepted (table price_sources)."""
+
+    source: str
+    etag: str | None
+    content_sha256: str | None
+    models: int
+    fetched_at: datetime
+
+
 class CatalogRepository:
     """Reads and writes the catalog; every change is a new version row."""
 
@@ -109,6 +121,60 @@ class CatalogRepository:
             )  # fmt: skip
             await conn.execute("SELECT pg_notify('price_versions', $1)", str(row["version"]))
             return _version(model, row, list(price.aliases))
+
+    async def latest_fingerprints(self, source: str) -> dict[tuple[str, str], str]:
+        """(provider, model) -> fingerprint of the latest version `source` delivered."""
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT ON (v.model_id) m.provider, m.model, v.fingerprint"
+            " FROM price_versions v JOIN price_models m ON m.id = v.model_id"
+            " WHERE v.source = $1 ORDER BY v.model_id, v.effective_from DESC, v.version DESC",
+            source,
+        )
+        return {(r["provider"], r["model"]): r["fingerprint"] for r in rows}
+
+    async def record_changed(self, prices: Iterable[ModelPrice], *, source: str) -> int:
+        """Record what `source` delivers; the number of new versions.
+
+        A price equal to the one `source` delivered last time is not recorded again, even when
+        an admin or another source has changed that model since: only a change at the source
+        creates a version, so one source cannot undo another's (or an admin's) price merely by
+        being read again (at every start, every refresh).
+        """
+        delivered = await self.latest_fingerprints(source)
+        changed = 0
+        for price in prices:
+            if delivered.get((price.provider, price.model)) == price.fingerprint():
+                continue
+            if await self.record(price, source=source) is not None:
+                changed += 1
+        return changed
+
+    async def source_state(self, source: str) -> SourceState | None:
+        """What `source` last delivered that was accepted, if anything."""
+        row = await self.pool.fetchrow("SELECT * FROM price_sources WHERE source = $1", source)
+        if row is None:
+            return None
+        return SourceState(row["source"], row["etag"], row["content_sha256"], row["models"],
+                           row["fetched_at"])  # fmt: skip
+
+    async def save_source(
+        self, source: str, *, etag: str | None, content_sha256: str | None, models: int
+    ) -> None:
+        """Remember an accepted (or unchanged) fetch of `source`."""
+        await self.pool.execute(
+            "INSERT INTO price_sources (source, etag, content_sha256, models, fetched_at)"
+            " VALUES ($1, $2, $3, $4, now()) ON CONFLICT (source) DO UPDATE SET"
+            " etag = EXCLUDED.etag, content_sha256 = EXCLUDED.content_sha256,"
+            " models = EXCLUDED.models, fetched_at = EXCLUDED.fetched_at",
+            source, etag, content_sha256, models,
+        )  # fmt: skip
+
+    async def has_provider(self, provider: str) -> bool:
+        """Whether the catalog has any model of `provider`."""
+        found = await self.pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM price_models WHERE provider = $1)", provider
+        )
+        return bool(found)
 
     async def resolve(self, name: str, provider: str = "") -> tuple[int, str, str]:
         """(model id, provider, model) of the entry `name` means; UnknownModel / AmbiguousModel."""

@@ -10,7 +10,14 @@ from genproto.budget.v1 import budget_pb2
 from genproto.pricing.v1 import pricing_pb2 as pb
 from pricing_service.catalog_repo import PriceVersion
 from pricing_service.cost import Usage
-from pricing_service.prices import PER_MILLION_FIELDS, TIER_PRICE_FIELDS, ModelPrice, decimal_str
+from pricing_service.overrides import PriceOverride, check_discount
+from pricing_service.prices import (
+    PER_MILLION_FIELDS,
+    TIER_PRICE_FIELDS,
+    ModelPrice,
+    decimal_str,
+    price_problems,
+)
 
 PRICE_FIELDS = (*PER_MILLION_FIELDS, "request_fee")
 
@@ -22,16 +29,7 @@ def _text(value: Decimal | None) -> str:
 def to_proto(version: PriceVersion) -> pb.ModelPrice:
     """The wire form of one catalog version."""
     p = version.price
-    prices = pb.Prices(
-        tiers=[
-            pb.PriceTier(
-                above_input_tokens=t.threshold_tokens,
-                **{name: _text(getattr(t, name)) for name in TIER_PRICE_FIELDS},
-            )
-            for t in p.tiers
-        ],
-        **{name: _text(getattr(p, name)) for name in PRICE_FIELDS},
-    )
+    prices = prices_to_proto(p)
     out = pb.ModelPrice(
         provider=p.provider,
         model=p.model,
@@ -59,25 +57,14 @@ def _decimal(field: str, text: str) -> str | None:
     return text
 
 
-def from_proto(message: pb.ModelPrice) -> ModelPrice:
-    """A ModelPrice from an UpsertPrice request; InvalidArgument names the bad field."""
-    if not message.provider:
-        raise InvalidArgument("price.provider", "is required (e.g. openai)")
-    if not message.model:
-        raise InvalidArgument("price.model", "is required (e.g. gpt-4o)")
-    prices = message.prices
+def _price_fields(field: str, prices: pb.Prices) -> dict[str, Any]:
+    """The price fields and tiers of a Prices message as ModelPrice.from_dict takes them."""
     data: dict[str, Any] = {
-        "provider": message.provider,
-        "model": message.model,
-        "aliases": list(message.aliases),
-        "mode": message.mode or "chat",
-        "max_input_tokens": message.max_input_tokens or None,
-        "max_output_tokens": message.max_output_tokens or None,
         "tiers": [
             {
                 "threshold_tokens": t.above_input_tokens,
                 **{
-                    name: _decimal(f"price.prices.tiers[{i}].{name}", getattr(t, name))
+                    name: _decimal(f"{field}.tiers[{i}].{name}", getattr(t, name))
                     for name in TIER_PRICE_FIELDS
                 },
             }
@@ -85,13 +72,88 @@ def from_proto(message: pb.ModelPrice) -> ModelPrice:
         ],
     }
     for name in PRICE_FIELDS:
-        data[name] = _decimal(f"price.prices.{name}", getattr(prices, name))
+        data[name] = _decimal(f"{field}.{name}", getattr(prices, name))
     if data["input"] is None or data["output"] is None:
-        raise InvalidArgument("price.prices", "input and output prices are required")
+        raise InvalidArgument(field, "input and output prices are required")
+    return data
+
+
+def from_proto(message: pb.ModelPrice) -> ModelPrice:
+    """A ModelPrice from an UpsertPrice request; InvalidArgument names the bad field."""
+    if not message.provider:
+        raise InvalidArgument("price.provider", "is required (e.g. openai)")
+    if not message.model:
+        raise InvalidArgument("price.model", "is required (e.g. gpt-4o)")
+    data: dict[str, Any] = {
+        "provider": message.provider,
+        "model": message.model,
+        "aliases": list(message.aliases),
+        "mode": message.mode or "chat",
+        "max_input_tokens": message.max_input_tokens or None,
+        "max_output_tokens": message.max_output_tokens or None,
+        **_price_fields("price.prices", message.prices),
+    }
     try:
         return ModelPrice.from_dict(data)
     except (ValueError, TypeError) as exc:
         raise InvalidArgument("price", str(exc)) from exc
+
+
+def explicit_prices_from_proto(field: str, prices: pb.Prices, provider: str,
+                               model: str) -> ModelPrice:  # fmt: skip
+    """An override's explicit prices for provider/model; InvalidArgument names the bad field."""
+    data = {"provider": provider, "model": model, **_price_fields(field, prices)}
+    try:
+        price = ModelPrice.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument(field, str(exc)) from exc
+    problems = price_problems(price)
+    if problems:
+        raise InvalidArgument(field, "; ".join(problems))
+    return price
+
+
+def discount_from_proto(field: str, text: str) -> Decimal:
+    """A discount in percent ("12.5"); InvalidArgument names `field` and says what is allowed."""
+    try:
+        value = Decimal(text.strip())
+    except ArithmeticError as exc:
+        raise InvalidArgument(field, f'{text!r} is not a decimal (e.g. "12.5")') from exc
+    try:
+        return check_discount(value)
+    except ValueError as exc:
+        raise InvalidArgument(field, f"{exc}; use a percentage from 0 to 100") from exc
+
+
+def prices_to_proto(price: ModelPrice) -> pb.Prices:
+    """The prices of a ModelPrice on the wire."""
+    return pb.Prices(
+        tiers=[
+            pb.PriceTier(
+                above_input_tokens=t.threshold_tokens,
+                **{name: _text(getattr(t, name)) for name in TIER_PRICE_FIELDS},
+            )
+            for t in price.tiers
+        ],
+        **{name: _text(getattr(price, name)) for name in PRICE_FIELDS},
+    )
+
+
+def override_to_proto(override: PriceOverride) -> pb.PriceOverride:
+    """The wire form of a stored override."""
+    out = pb.PriceOverride(
+        org=override.org,
+        provider=override.provider,
+        model=override.model,
+        updated_by=override.updated_by,
+    )
+    if override.discount_percent is not None:
+        out.discount_percent = decimal_str(override.discount_percent)
+    if override.prices is not None:
+        out.prices.CopyFrom(prices_to_proto(override.prices))
+    if override.updated_at is not None:
+        out.updated_at.FromDatetime(override.updated_at)
+    return out
 
 
 def usage_from_proto(field: str, usage: budget_pb2.Usage) -> Usage:

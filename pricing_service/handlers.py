@@ -14,16 +14,26 @@ from budget_service.errors import (
     BudgetServiceError,
     InvalidArgument,
     NotFound,
-    Unimplemented,
     to_grpc_status,
 )
 from budget_service.rpc import Context, rpc
 from genproto.pricing.v1 import pricing_pb2 as pb
 from genproto.pricing.v1 import pricing_pb2_grpc
+from pricing_service import overrides
 from pricing_service.catalog_repo import AmbiguousModel, CatalogRepository, UnknownModel
-from pricing_service.convert import from_proto, to_proto, usage_from_proto
+from pricing_service.convert import (
+    discount_from_proto,
+    explicit_prices_from_proto,
+    from_proto,
+    override_to_proto,
+    to_proto,
+    usage_from_proto,
+)
 from pricing_service.cost import cost_nanos
 from pricing_service.feed import PriceFeed
+from pricing_service.overrides import PriceOverride
+from pricing_service.overrides_repo import OverrideRepository
+from pricing_service.sources import SourceRefresher
 
 log = structlog.get_logger(__name__)
 DEFAULT_PAGE = 100
@@ -37,12 +47,29 @@ def _lookup_error(exc: LookupError) -> BudgetServiceError:
     return NotFound(str(exc))
 
 
-class PricingService(pricing_pb2_grpc.PricingServiceServicer):
-    """GetPrice / ListModels / EstimateCost / UpsertPrice / WatchPrices."""
+def _actor(context: Context) -> str:
+    """Who made a change: the `x-actor` metadata a tool sends, else the peer address."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-actor" and isinstance(value, str) and value:
+            return v.check_value("x-actor", value)
+    return f"peer:{context.peer()}"
 
-    def __init__(self, catalog: CatalogRepository, feed: PriceFeed) -> None:
+
+class PricingService(pricing_pb2_grpc.PricingServiceServicer):
+    """GetPrice / ListModels / EstimateCost / UpsertPrice / RefreshCatalog / WatchPrices, and
+    the per-org price overrides."""
+
+    def __init__(
+        self,
+        catalog: CatalogRepository,
+        feed: PriceFeed,
+        overrides: OverrideRepository,
+        refresher: SourceRefresher,
+    ) -> None:
         self.catalog = catalog
         self.feed = feed
+        self.overrides = overrides
+        self.refresher = refresher
         self._stopping = False
 
     def stop(self) -> None:
@@ -94,14 +121,26 @@ class PricingService(pricing_pb2_grpc.PricingServiceServicer):
     async def EstimateCost(
         self, request: pb.EstimateCostRequest, context: Context
     ) -> pb.EstimateCostResponse:
+        org = v.require_id("org", request.org) if request.org else ""
         model_id = await self._resolve(request.model, request.provider)
         usage = usage_from_proto("usage", request.usage)
         version = await self.catalog.price_at(model_id)
+        price = version.price
+        override = None
+        if org:
+            override = overrides.most_specific(
+                await self.overrides.for_org(org), price.provider, price.model
+            )
+        try:
+            cost = cost_nanos(overrides.apply(price, override), usage, batch=request.batch)
+        except ValueError as exc:  # a kind of token the (overridden) price does not sell
+            raise InvalidArgument("usage", str(exc)) from exc
         return pb.EstimateCostResponse(
-            cost_nanos=cost_nanos(version.price, usage, batch=request.batch),
+            cost_nanos=cost,
             price_version=version.version,
-            provider=version.price.provider,
-            model=version.price.model,
+            provider=price.provider,
+            model=price.model,
+            override_applied=override is not None,
         )
 
     @rpc("UpsertPrice")
@@ -118,7 +157,85 @@ class PricingService(pricing_pb2_grpc.PricingServiceServicer):
     async def RefreshCatalog(
         self, request: pb.RefreshCatalogRequest, context: Context
     ) -> pb.RefreshCatalogResponse:
-        raise Unimplemented("pulling PRICING_SOURCE_URLS is not wired into the service yet")
+        results = await self.refresher.refresh()
+        return pb.RefreshCatalogResponse(
+            sources=[r.to_proto() for r in results],
+            version=await self.catalog.latest_version(),
+        )
+
+    async def _scope(
+        self, field: str, provider: str, model: str, *, must_exist: bool
+    ) -> tuple[str, str]:
+        """(provider, model) of an override as stored: a model as its catalog entry's names."""
+        provider_field, model_field = (f"{field}.{name}" if field else name
+                                       for name in ("provider", "model"))  # fmt: skip
+        v.check_value(provider_field, provider)
+        v.check_value(model_field, model)
+        if model:
+            try:
+                _, provider, model = await self.catalog.resolve(model, provider)
+            except AmbiguousModel as exc:
+                raise InvalidArgument(provider_field, str(exc)) from exc
+            except UnknownModel as exc:
+                if must_exist:
+                    raise InvalidArgument(model_field, str(exc)) from exc
+        elif provider and must_exist and not await self.catalog.has_provider(provider):
+            raise InvalidArgument(
+                provider_field, f"the catalog has no model of provider {provider!r}"
+            )
+        return provider, model
+
+    @rpc("SetPriceOverride")
+    async def SetPriceOverride(
+        self, request: pb.SetPriceOverrideRequest, context: Context
+    ) -> pb.PriceOverride:
+        field = "price_override"
+        message = request.price_override
+        org = v.require_id(f"{field}.org", message.org)
+        kind = message.WhichOneof("kind")
+        if kind is None:
+            raise InvalidArgument(
+                field, 'set discount_percent (e.g. "15") or prices (explicit, for one model)'
+            )
+        if kind == "prices" and not message.model:
+            raise InvalidArgument(f"{field}.model", "explicit prices are for one model: name it")
+        provider, model = await self._scope(field, message.provider, message.model,
+                                            must_exist=True)  # fmt: skip
+        if kind == "discount_percent":
+            override = PriceOverride(
+                org, provider, model,
+                discount_percent=discount_from_proto(f"{field}.discount_percent",
+                                                     message.discount_percent),
+            )  # fmt: skip
+        else:
+            prices = explicit_prices_from_proto(f"{field}.prices", message.prices, provider, model)
+            override = PriceOverride(org, provider, model, prices=prices)
+        stored = await self.overrides.set(override, actor=_actor(context))
+        log.info("pricing.override_set", org=org, provider=provider, model=model, kind=kind)
+        return override_to_proto(stored)
+
+    @rpc("DeletePriceOverride")
+    async def DeletePriceOverride(
+        self, request: pb.DeletePriceOverrideRequest, context: Context
+    ) -> pb.DeletePriceOverrideResponse:
+        org = v.require_id("org", request.org)
+        provider, model = await self._scope("", request.provider, request.model,
+                                            must_exist=False)  # fmt: skip
+        if not await self.overrides.delete(org, provider, model):
+            where = f"{provider or '*'}/{model or '*'}"
+            raise NotFound(f"org {org!r} has no price override for {where}")
+        log.info("pricing.override_deleted", org=org, provider=provider, model=model)
+        return pb.DeletePriceOverrideResponse()
+
+    @rpc("ListPriceOverrides")
+    async def ListPriceOverrides(
+        self, request: pb.ListPriceOverridesRequest, context: Context
+    ) -> pb.ListPriceOverridesResponse:
+        org = v.require_id("org", request.org)
+        provider, model = await self._scope("", request.provider, request.model,
+                                            must_exist=False)  # fmt: skip
+        found = await self.overrides.for_org(org, provider=provider, model=model)
+        return pb.ListPriceOverridesResponse(price_overrides=[override_to_proto(o) for o in found])
 
     async def WatchPrices(
         self, request: pb.WatchPricesRequest, context: Context

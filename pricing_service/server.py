@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,12 +16,15 @@ from grpc_reflection.v1alpha import reflection
 
 from budget_service import db
 from budget_service.errors import ConfigError
+from budget_service.periodic import Periodic
 from budget_service.settings import Settings
 from genproto.pricing.v1 import pricing_pb2, pricing_pb2_grpc
 from pricing_service import bundled
 from pricing_service.catalog_repo import CatalogRepository
 from pricing_service.feed import PriceFeed
 from pricing_service.handlers import PricingService
+from pricing_service.overrides_repo import OverrideRepository
+from pricing_service.sources import SourceRefresher, parse_source_list
 
 log = structlog.get_logger(__name__)
 SERVICE_NAME = pricing_pb2.DESCRIPTOR.services_by_name["PricingService"].full_name
@@ -38,10 +42,14 @@ class PricingApp:
     service: PricingService
     feed: PriceFeed
     health: Any
+    refresher: SourceRefresher
+    periodic: Periodic | None
 
     async def stop(self) -> None:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.periodic is not None:
+            await self.periodic.stop()
         self.service.stop()
         await self.feed.stop()
         await self.server.stop(self.settings.shutdown_grace_seconds)
@@ -50,25 +58,48 @@ class PricingApp:
 
 
 async def seed_bundled(catalog: CatalogRepository) -> int:
-    """Record the bundled catalog; only prices that differ from the latest become versions."""
-    changed = 0
-    for price in bundled.load():
-        if await catalog.record(price, source=bundled.SOURCE) is not None:
-            changed += 1
-    return changed
+    """Record the bundled catalog; only prices changed since its last load become versions.
+
+    A bundled price read again unchanged does not replace a price that a source or an admin
+    set since: those win until the bundled file itself changes that model.
+    """
+    return await catalog.record_changed(bundled.load(), source=bundled.SOURCE)
+
+
+def _scheduled_refresh(refresher: SourceRefresher) -> Callable[[], Awaitable[None]]:
+    """The Periodic job: every run after the first (start has just pulled the sources)."""
+    first = True
+
+    async def job() -> None:
+        nonlocal first
+        if first:
+            first = False
+            return
+        await refresher.refresh()
+
+    return job
 
 
 async def start(settings: Settings) -> PricingApp:
-    """Migrate, seed the bundled catalog, and serve on PRICING_ADDR."""
+    """Migrate, seed the bundled catalog, pull PRICING_SOURCE_URLS, and serve on PRICING_ADDR.
+
+    A source that fails or is rejected at start is logged and leaves the prices as they were;
+    the sources are pulled again every PRICING_REFRESH_SECONDS (0 or less: only at start and
+    on RefreshCatalog).
+    """
     if not settings.database_url:
         raise ConfigError("DATABASE_URL must be set (or use `make run`, which starts PostgreSQL)")
     pool = await db.connect(settings.database_url)
     await db.migrate(pool, "pricing_service")
     catalog = CatalogRepository(pool)
     seeded = await seed_bundled(catalog)
+    refresher = SourceRefresher(catalog, parse_source_list(settings.pricing_source_urls))
+    for result in await refresher.refresh():
+        log.info("pricing.source_at_start", source=result.source, outcome=result.outcome,
+                 models=result.models, changed_models=result.changed_models)  # fmt: skip
     feed = PriceFeed(settings.database_url)
     await feed.start()
-    service = PricingService(catalog, feed)
+    service = PricingService(catalog, feed, OverrideRepository(pool), refresher)
     server = grpc.aio.server()
     pricing_pb2_grpc.add_PricingServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     health_servicer = health_aio.HealthServicer()
@@ -85,7 +116,14 @@ async def start(settings: Settings) -> PricingApp:
         await pool.close()
         raise ConfigError(f"PRICING_ADDR={settings.pricing_addr!r}: cannot listen there")
     await server.start()
+    periodic = None
+    if refresher.sources and settings.pricing_refresh_seconds > 0:
+        periodic = Periodic(
+            "price-sources", settings.pricing_refresh_seconds, _scheduled_refresh(refresher)
+        )
+        periodic.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("pricing.started", port=port, bundled_versions=seeded)
-    return PricingApp(settings, server, port, pool, catalog, service, feed, health_servicer)
+    log.info("pricing.started", port=port, bundled_versions=seeded, sources=len(refresher.sources))
+    return PricingApp(settings, server, port, pool, catalog, service, feed, health_servicer,
+                      refresher, periodic)  # fmt: skip

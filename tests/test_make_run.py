@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WALKTHROUGH = ROOT / "docs" / "walkthrough.md"
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 DOC_ADDR = "127.0.0.1:50051"
+DOC_PRICING_ADDR = "127.0.0.1:50052"
 SERVICE_MODULES = ("budget_service", "pricing_service")  # `python -m <module>` children
 
 START_TIMEOUT = 120.0  # first start: initdb, migrations, then SERVING
@@ -64,12 +65,16 @@ class Step:
     command: str
     expected: str
 
-    def argv(self, addr: str) -> list[str]:
+    def argv(self, addr: str, pricing_addr: str = DOC_PRICING_ADDR) -> list[str]:
         """The command for the venv's grpcurl, aimed at `addr` instead of the doc's address."""
         args = shlex.split(self.command.replace("\\\n", " "), comments=True)
         assert args and args[0] == "grpcurl", f"line {self.line}: not a grpcurl command"
-        assert args.count(DOC_ADDR) == 1, f"line {self.line}: the command must target {DOC_ADDR}"
-        return [str(GRPCURL), *(addr if a == DOC_ADDR else a for a in args[1:])]
+        targets = args.count(DOC_ADDR) + args.count(DOC_PRICING_ADDR)
+        assert targets == 1, (
+            f"line {self.line}: the command must target {DOC_ADDR} or {DOC_PRICING_ADDR}"
+        )
+        where = {DOC_ADDR: addr, DOC_PRICING_ADDR: pricing_addr}
+        return [str(GRPCURL), *(where.get(a, a) for a in args[1:])]
 
     @property
     def expected_exit_code(self) -> int:
@@ -411,7 +416,7 @@ def test_make_run_walkthrough_stop_and_restart(tmp_path: Path, devstacks: list[D
     check_step(reserves[0], addr)
     # The README's first-screen commands work as written too.
     for command in readme_grpcurl_commands():
-        result = run_grpcurl(Step(0, command, "").argv(addr))
+        result = run_grpcurl(Step(0, command, "").argv(addr, pricing_addr))
         assert result.returncode == 0, f"README: {command}\n{result.stdout}{result.stderr}"
         assert _json_or_none(result.stdout) is not None, f"README: {command}\n{result.stdout}"
     assert second.interrupt() == 0, second.output()

@@ -119,16 +119,18 @@ class EstimateCostRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., provider: _Optional[str] = ..., usage: _Optional[_Union[_budget_pb2.Usage, _Mapping]] = ..., org: _Optional[str] = ..., batch: _Optional[bool] = ...) -> None: ...
 
 class EstimateCostResponse(_message.Message):
-    __slots__ = ("cost_nanos", "price_version", "provider", "model")
+    __slots__ = ("cost_nanos", "price_version", "provider", "model", "override_applied")
     COST_NANOS_FIELD_NUMBER: _ClassVar[int]
     PRICE_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDE_APPLIED_FIELD_NUMBER: _ClassVar[int]
     cost_nanos: int
     price_version: int
     provider: str
     model: str
-    def __init__(self, cost_nanos: _Optional[int] = ..., price_version: _Optional[int] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    override_applied: bool
+    def __init__(self, cost_nanos: _Optional[int] = ..., price_version: _Optional[int] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., override_applied: _Optional[bool] = ...) -> None: ...
 
 class UpsertPriceRequest(_message.Message):
     __slots__ = ("price",)
@@ -184,3 +186,57 @@ class PriceEvent(_message.Message):
     price: ModelPrice
     caught_up: bool
     def __init__(self, price: _Optional[_Union[ModelPrice, _Mapping]] = ..., caught_up: _Optional[bool] = ...) -> None: ...
+
+class PriceOverride(_message.Message):
+    __slots__ = ("org", "provider", "model", "discount_percent", "prices", "updated_at", "updated_by")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DISCOUNT_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    PRICES_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    provider: str
+    model: str
+    discount_percent: str
+    prices: Prices
+    updated_at: _timestamp_pb2.Timestamp
+    updated_by: str
+    def __init__(self, org: _Optional[str] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., discount_percent: _Optional[str] = ..., prices: _Optional[_Union[Prices, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ...) -> None: ...
+
+class SetPriceOverrideRequest(_message.Message):
+    __slots__ = ("price_override",)
+    PRICE_OVERRIDE_FIELD_NUMBER: _ClassVar[int]
+    price_override: PriceOverride
+    def __init__(self, price_override: _Optional[_Union[PriceOverride, _Mapping]] = ...) -> None: ...
+
+class DeletePriceOverrideRequest(_message.Message):
+    __slots__ = ("org", "provider", "model")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    provider: str
+    model: str
+    def __init__(self, org: _Optional[str] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+
+class DeletePriceOverrideResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListPriceOverridesRequest(_message.Message):
+    __slots__ = ("org", "provider", "model")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    provider: str
+    model: str
+    def __init__(self, org: _Optional[str] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+
+class ListPriceOverridesResponse(_message.Message):
+    __slots__ = ("price_overrides",)
+    PRICE_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    price_overrides: _containers.RepeatedCompositeFieldContainer[PriceOverride]
+    def __init__(self, price_overrides: _Optional[_Iterable[_Union[PriceOverride, _Mapping]]] = ...) -> None: ...

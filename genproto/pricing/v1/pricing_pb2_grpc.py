@@ -68,6 +68,21 @@ class PricingServiceStub:
                 request_serializer=pricing_dot_v1_dot_pricing__pb2.WatchPricesRequest.SerializeToString,
                 response_deserializer=pricing_dot_v1_dot_pricing__pb2.PriceEvent.FromString,
                 _registered_method=True)
+        self.SetPriceOverride = channel.unary_unary(
+                '/pricing.v1.PricingService/SetPriceOverride',
+                request_serializer=pricing_dot_v1_dot_pricing__pb2.SetPriceOverrideRequest.SerializeToString,
+                response_deserializer=pricing_dot_v1_dot_pricing__pb2.PriceOverride.FromString,
+                _registered_method=True)
+        self.DeletePriceOverride = channel.unary_unary(
+                '/pricing.v1.PricingService/DeletePriceOverride',
+                request_serializer=pricing_dot_v1_dot_pricing__pb2.DeletePriceOverrideRequest.SerializeToString,
+                response_deserializer=pricing_dot_v1_dot_pricing__pb2.DeletePriceOverrideResponse.FromString,
+                _registered_method=True)
+        self.ListPriceOverrides = channel.unary_unary(
+                '/pricing.v1.PricingService/ListPriceOverrides',
+                request_serializer=pricing_dot_v1_dot_pricing__pb2.ListPriceOverridesRequest.SerializeToString,
+                response_deserializer=pricing_dot_v1_dot_pricing__pb2.ListPriceOverridesResponse.FromString,
+                _registered_method=True)
 
 
 class PricingServiceServicer:
@@ -119,6 +134,28 @@ class PricingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPriceOverride(self, request, context):
+        """Admin: set an org's negotiated prices (a discount, or explicit prices for one model);
+        replaces the override of the same org, provider and model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePriceOverride(self, request, context):
+        """Admin: remove one override of an org.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPriceOverrides(self, request, context):
+        """Admin: an org's overrides, optionally those of one provider or model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PricingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -151,6 +188,21 @@ def add_PricingServiceServicer_to_server(servicer, server):
                     servicer.WatchPrices,
                     request_deserializer=pricing_dot_v1_dot_pricing__pb2.WatchPricesRequest.FromString,
                     response_serializer=pricing_dot_v1_dot_pricing__pb2.PriceEvent.SerializeToString,
+            ),
+            'SetPriceOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPriceOverride,
+                    request_deserializer=pricing_dot_v1_dot_pricing__pb2.SetPriceOverrideRequest.FromString,
+                    response_serializer=pricing_dot_v1_dot_pricing__pb2.PriceOverride.SerializeToString,
+            ),
+            'DeletePriceOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePriceOverride,
+                    request_deserializer=pricing_dot_v1_dot_pricing__pb2.DeletePriceOverrideRequest.FromString,
+                    response_serializer=pricing_dot_v1_dot_pricing__pb2.DeletePriceOverrideResponse.SerializeToString,
+            ),
+            'ListPriceOverrides': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPriceOverrides,
+                    request_deserializer=pricing_dot_v1_dot_pricing__pb2.ListPriceOverridesRequest.FromString,
+                    response_serializer=pricing_dot_v1_dot_pricing__pb2.ListPriceOverridesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +371,87 @@ class PricingService:
             '/pricing.v1.PricingService/WatchPrices',
             pricing_dot_v1_dot_pricing__pb2.WatchPricesRequest.SerializeToString,
             pricing_dot_v1_dot_pricing__pb2.PriceEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPriceOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pricing.v1.PricingService/SetPriceOverride',
+            pricing_dot_v1_dot_pricing__pb2.SetPriceOverrideRequest.SerializeToString,
+            pricing_dot_v1_dot_pricing__pb2.PriceOverride.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePriceOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pricing.v1.PricingService/DeletePriceOverride',
+            pricing_dot_v1_dot_pricing__pb2.DeletePriceOverrideRequest.SerializeToString,
+            pricing_dot_v1_dot_pricing__pb2.DeletePriceOverrideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPriceOverrides(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pricing.v1.PricingService/ListPriceOverrides',
+            pricing_dot_v1_dot_pricing__pb2.ListPriceOverridesRequest.SerializeToString,
+            pricing_dot_v1_dot_pricing__pb2.ListPriceOverridesResponse.FromString,
             options,
             channel_credentials,
             insecure,
