@@ -12,6 +12,7 @@ from budget_service import validation as v
 from budget_service.budgets import subject_pairs
 from budget_service.engine import Balance, Engine
 from budget_service.errors import FailedPrecondition, InvalidArgument, Unavailable
+from budget_service.org_overrides import OrgOverrides
 from budget_service.price_table import PriceTable
 from budget_service.rpc import Context, rpc
 from budget_service.settings import Settings
@@ -19,6 +20,7 @@ from genproto.budget.v1 import budget_pb2 as pb
 from genproto.budget.v1 import budget_pb2_grpc
 from pricing_service.convert import usage_from_proto
 from pricing_service.cost import cost_nanos, reserve_estimate_nanos
+from pricing_service.overrides import PriceOverride, price_for
 from pricing_service.usage_shapes import UsageShapeError, normalize
 
 log = structlog.get_logger(__name__)
@@ -52,11 +54,16 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
     """Reserve / Commit / Release / Refund / Extend."""
 
     def __init__(
-        self, engine: Engine, settings: Settings, prices: PriceTable | None = None
+        self,
+        engine: Engine,
+        settings: Settings,
+        prices: PriceTable | None = None,
+        overrides: OrgOverrides | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.prices = prices
+        self.overrides = overrides
         self.zero_cost_commits = 0
 
     def _ttl_ms(self, field: str, ttl: duration_pb2.Duration, present: bool) -> int:
@@ -87,7 +94,7 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
             raise InvalidArgument("amount_nanos", "is required: the estimated cost in nano-USD")
         price_version = 0
         if kind == "usage":
-            amount, price_version = self._estimate(request.subject, request.usage)
+            amount, price_version = await self._estimate(request.subject, request.usage)
         else:
             amount = self._amount("amount_nanos", request.amount_nanos)
         ttl_ms = self._ttl_ms("ttl", request.ttl, request.HasField("ttl"))
@@ -129,8 +136,12 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
                 budgets=balances_to_proto(done.budgets),
             )
         usage = self._usage(request)
+        negotiated = await self._negotiated(org)
         done = await self.engine.commit(
-            org, rid, "u:" + _fingerprint(usage), lambda version: self._charge(version, usage)
+            org,
+            rid,
+            "u:" + _fingerprint(usage),
+            lambda version: self._charge(version, usage, negotiated),
         )
         if done.charged_nanos == 0 and (usage.input_tokens or usage.output_tokens):
             # A call that used tokens and cost nothing is how spend goes missing: say so.
@@ -158,13 +169,17 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
             )
         return self.prices
 
-    def _estimate(self, subject: pb.Subject, usage: pb.Usage) -> tuple[int, int]:
-        """The hold for a token estimate, and the price version it used."""
+    async def _negotiated(self, org: str) -> tuple[PriceOverride, ...]:
+        return await self.overrides.get(org) if self.overrides is not None else ()
+
+    async def _estimate(self, subject: pb.Subject, usage: pb.Usage) -> tuple[int, int]:
+        """The hold for a token estimate (the org's negotiated prices applied) and its version."""
         if not subject.model:
             raise InvalidArgument("subject.model", "is required to price a usage estimate")
         entry = self._prices().lookup(subject.model, subject.provider)
+        price = price_for(entry.price, await self._negotiated(subject.org))
         try:
-            amount = reserve_estimate_nanos(entry.price, usage.input_tokens, usage.output_tokens)
+            amount = reserve_estimate_nanos(price, usage.input_tokens, usage.output_tokens)
         except ValueError as exc:
             raise InvalidArgument("usage", str(exc)) from exc
         return self._amount("usage", amount), entry.version
@@ -189,8 +204,10 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
             reasoning_tokens=shaped.reasoning_tokens,
         )
 
-    def _charge(self, price_version: int, usage: pb.Usage) -> int:
-        """The actual cost of `usage` at the reservation's price version."""
+    def _charge(
+        self, price_version: int, usage: pb.Usage, negotiated: tuple[PriceOverride, ...]
+    ) -> int:
+        """The actual cost of `usage` at the reservation's price version (and org's prices)."""
         if price_version == 0:
             raise FailedPrecondition(
                 "the reservation was made with amount_nanos, so it has no price to charge tokens"
@@ -198,7 +215,7 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
             )
         entry = self._prices().by_version(price_version)
         try:
-            cost = cost_nanos(entry.price, usage_from_proto("usage", usage))
+            cost = cost_nanos(price_for(entry.price, negotiated), usage_from_proto("usage", usage))
         except ValueError as exc:
             raise InvalidArgument("usage", str(exc)) from exc
         return self._amount("usage", cost)

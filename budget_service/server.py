@@ -24,6 +24,7 @@ from budget_service.config_sync import ConfigSync
 from budget_service.engine import Engine
 from budget_service.errors import ConfigError
 from budget_service.handlers import BudgetService
+from budget_service.org_overrides import OrgOverrides
 from budget_service.periodic import Periodic
 from budget_service.price_table import PriceTable
 from budget_service.redis_wire import Address, RedisWire
@@ -64,6 +65,8 @@ class App:
         for job in self.background:
             await job.stop()
         await self.prices.stop()
+        if self.budget_service.overrides is not None:
+            await self.budget_service.overrides.stop()
         await self.server.stop(self.settings.shutdown_grace_seconds)
         self.engine.scripts.close()
         await self.redis.aclose()
@@ -103,7 +106,9 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.reuse_port))])
     prices = PriceTable(settings.pricing_addr)
     prices.start()
-    budget_service = BudgetService(engine, settings, prices)
+    overrides = OrgOverrides(pool, settings.database_url)
+    await overrides.start()
+    budget_service = BudgetService(engine, settings, prices, overrides)
     budget_pb2_grpc.add_BudgetServiceServicer_to_server(  # type: ignore[no-untyped-call]
         budget_service, server
     )
@@ -121,6 +126,7 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
         port = 0
     if port == 0:
         await prices.stop()
+        await overrides.stop()
         scripts.close()
         await redis.aclose()
         await pool.close()

@@ -164,3 +164,26 @@ async def test_commit_with_tokens_at_zero_cost_is_counted_as_a_warning(app, budg
                                                  usage=pb.Usage(input_tokens=100)))  # fmt: skip
     assert done.charged_nanos == 0
     assert app.budget_service.zero_cost_commits == before + 1
+
+
+async def test_org_discount_applies_to_token_reserve_and_commit(app, budgets, admin, pricing,
+                                                                org):  # fmt: skip
+    await upsert(admin, org, "cap", usd("100"))
+    usage = pb.Usage(input_tokens=100_000, output_tokens=10_000)
+    list_price = await estimate(pricing, "gpt-4o", usage)
+    before = await reserve_tokens(budgets, org, "gpt-4o", 100_000, 10_000)
+    await pricing.SetPriceOverride(ppb.SetPriceOverrideRequest(price_override=ppb.PriceOverride(
+        org=org, provider="openai", discount_percent="20")))  # fmt: skip
+    discounted = (await pricing.EstimateCost(ppb.EstimateCostRequest(
+        model="gpt-4o", usage=usage, org=org))).cost_nanos  # fmt: skip
+    assert discounted == list_price * 8 // 10
+    for _ in range(100):  # the change reaches the budget service by NOTIFY (bounded wait)
+        held = await reserve_tokens(budgets, org, "gpt-4o", 100_000, 10_000)
+        await budgets.Release(pb.ReleaseRequest(org=org, reservation_id=held.reservation_id))
+        if held.reserved_nanos < before.reserved_nanos:
+            break
+        await asyncio.sleep(0.02)
+    assert held.reserved_nanos == before.reserved_nanos * 8 // 10
+    done = await budgets.Commit(pb.CommitRequest(org=org, reservation_id=before.reservation_id,
+                                                 usage=usage))  # fmt: skip
+    assert done.charged_nanos == discounted
