@@ -89,6 +89,8 @@ class Step:
         return 0
 
 
+# README blocks may sit inside list items, indented.
+README_FENCE = re.compile(r"^[ \t]*```([\w-]*)[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.M | re.S)
 FENCE = re.compile(r"^```([\w-]*)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 
 
@@ -334,7 +336,7 @@ def readme_grpcurl_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
     return [
         line.strip()
-        for m in FENCE.finditer(text)
+        for m in README_FENCE.finditer(text)
         if m.group(1) == "sh"
         for line in m.group(2).splitlines()
         if line.strip().startswith("grpcurl ")
@@ -344,7 +346,7 @@ def readme_grpcurl_commands() -> list[str]:
 def test_readme_shows_the_two_commands_and_grpcurl_calls() -> None:
     text = (ROOT / "README.md").read_text()
     assert "make run" in text[:2000] and "make test" in text[:2000]
-    assert len(readme_grpcurl_commands()) >= 3
+    assert len(readme_grpcurl_commands()) >= 9
 
 
 def test_walkthrough_parses() -> None:
