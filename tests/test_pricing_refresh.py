@@ -7,6 +7,7 @@ import asyncio
 import copy
 import hashlib
 import json
+import random
 import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -20,11 +21,13 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from devstack import free_port
+from genproto.budget.v1 import budget_pb2
 from genproto.pricing.v1 import pricing_pb2 as pb
 from genproto.pricing.v1 import pricing_pb2_grpc
 from pricing_service import server as pricing_server
 from pricing_service import sources
 from tests.conftest import SHARED_DATA, Stack, service_settings
+from tests.test_litellm_source import _expected_nanos, _usages
 
 CATALOG = SHARED_DATA / "litellm_model_prices_2026-07-24.json"
 HTTP_PROVIDER = "testsrc"  # names no other test uses: imports never touch their prices
@@ -179,6 +182,37 @@ async def test_start_pulls_every_source_and_a_dead_one_does_not_stop_it(
         pb.GetPriceRequest(model=f"{FILE_PROVIDER}-gpt-4o", provider=FILE_PROVIDER)
     )
     assert file_price.source == str(file_source)
+
+
+async def test_estimate_cost_of_imported_models_matches_the_files_per_token_numbers(
+    pricing, http_source
+):
+    """Through the HTTP source and the gRPC API: a few hundred models, cache and tier fields
+    included, priced to the nano as the file's own per-token numbers say."""
+    served = json.loads(http_source.body, parse_float=Decimal)  # the file's exact decimals
+    rng = random.Random(7)
+    checked = 0
+    for name, entry in served.items():
+        try:
+            await pricing.GetPrice(pb.GetPriceRequest(model=name, provider=HTTP_PROVIDER))
+        except grpc.aio.AioRpcError as exc:  # skipped at import (counted): not priced
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+            continue
+        for usage in _usages(rng, entry):
+            wire = budget_pb2.Usage(
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cached_input_tokens=usage.cached_input_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                cache_write_1h_tokens=usage.cache_write_1h_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+            )
+            answer = await pricing.EstimateCost(
+                pb.EstimateCostRequest(model=name, provider=HTTP_PROVIDER, usage=wire)
+            )
+            assert answer.cost_nanos == _expected_nanos(entry, usage), (name, usage)
+        checked += 1
+    assert checked >= 250
 
 
 async def test_unchanged_sources_are_skipped_by_etag_and_by_hash(pricing, http_source, file_source):
