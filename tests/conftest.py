@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 import os
+
+# Tests start PostgreSQL (initdb, postgres) with fork+exec from a process that also runs gRPC
+# servers and channels; gRPC's fork handlers then crash the child now and then (initdb dies
+# with SIGSEGV). Nothing here relies on gRPC surviving a fork, so turn that support off before
+# grpc is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
+import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
