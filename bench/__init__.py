@@ -1,12 +1,14 @@
 """`python -m bench` (`make bench`): budget calls per second against a trivial-RPC ceiling.
 
-One run starts its own Redis (AOF on), PostgreSQL and budget service process(es) on free ports,
-drives them from several client processes, prints a table of figures and, with `--json PATH`,
-writes them as JSON. Figures are reported next to their aims, never asserted.
+One run starts its own Redis (AOF on), PostgreSQL, pricing service and budget service
+process(es) on free ports, drives them from several client processes, prints a table of figures
+and, with `--json PATH`, writes them as JSON. Figures are reported next to their aims, never
+asserted.
 
 Modules:
     cli        argument parsing, the phases in order, the report
-    stack      Redis, PostgreSQL and the service processes: start, readiness, cleanup
+    stack      Redis, PostgreSQL and the service processes: start, readiness (the budget
+               services' price tables loaded too), cleanup
     client     the load-generating client processes (grpc.aio, closed and open loop)
     probe      Redis time per reserve / commit script with one call in flight
     procfs     CPU time, run-queue waits and TCP socket ownership read from /proc

@@ -7,7 +7,12 @@ Phases, all on the same server stack and the same connected client processes:
 2. budget     closed loop of Reserve then its Commit (each call counted; unique reservation
               ids, amount-based), with Redis commandstats reset before and read after;
 3. half load  open loop at half the budget phase's calls/s: Reserve latency when not saturated;
-4. reserve    closed loop of Reserve alone, its own commandstats: Redis µs per reserve script.
+4. reserve    closed loop of Reserve alone, its own commandstats: Redis µs per reserve script;
+              amount-based and token-based (`usage`, priced in the service from the pricing
+              service's catalog) Reserves alternate in short slices of the window (amount,
+              tokens, tokens, amount, ...), so whatever else slows the machine falls on both
+              alike: calls/s of each, and tokens / amount;
+5. scripts    reserve and commit scripts one at a time, no load (bench/probe.py).
 
 The figures are printed next to their aims (and written with --json); nothing is asserted.
 """
@@ -21,13 +26,14 @@ import math
 import multiprocessing
 import os
 import platform
+import random
 import shutil
 import signal
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -53,9 +59,11 @@ AIMS = {
     "half_load_reserve_p99_us": "< 2000",
     "redis_us_per_reserve_script": "< 15",
     "redis_us_per_reserve_script_unloaded": "< 15",
+    "token_reserve_ratio": ">= 0.9",
 }
 PROBE_CALLS = 500  # phase 5: scripts one at a time
 PHASE_LEAD_NS = 300_000_000  # time for a phase message to reach every client before it starts
+OVERLAP_WARNING = 0.05  # reserve-only: share of calls overlapping the other kind worth a note
 
 
 # --- arguments ----------------------------------------------------------------------------
@@ -80,7 +88,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--reserve-seconds",
         type=float,
         default=None,
-        help="window of the reserve-only phase (default: max(0.5, seconds/2))",
+        help="window of the reserve-only phase, amount and token Reserves alternating"
+        " (default: max(2, 6 x seconds)), rounded down to whole groups of 4 slices",
+    )
+    p.add_argument(
+        "--reserve-slice",
+        type=float,
+        default=0.15,
+        help="reserve-only phase: seconds of each slice of one kind (amount or tokens)",
+    )
+    p.add_argument(
+        "--reserve-guard",
+        type=float,
+        default=0.05,
+        help="reserve-only phase: calls starting this soon in a slice are not counted for"
+        " either kind (the other kind's calls are still completing)",
     )
     p.add_argument(
         "--server-procs",
@@ -127,7 +149,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.warmup is None:
         args.warmup = min(1.0, args.seconds / 2)
     if args.reserve_seconds is None:
-        args.reserve_seconds = max(0.5, args.seconds / 2)
+        args.reserve_seconds = max(2.0, 6 * args.seconds)
+    if not 0 <= args.reserve_guard < args.reserve_slice:
+        p.error("--reserve-guard must be at least 0 and less than --reserve-slice")
+    groups = int(args.reserve_seconds / (len(client.SLICE_KINDS) * args.reserve_slice) + 1e-9)
+    if groups < 1:
+        p.error(f"--reserve-seconds must hold {len(client.SLICE_KINDS)} slices at least")
+    args.reserve_slices = groups * len(client.SLICE_KINDS)
+    args.reserve_seconds = round(args.reserve_slices * args.reserve_slice, 6)
     if args.channels is None:
         args.channels = args.server_procs
     return args
@@ -243,6 +272,9 @@ class PhaseOutcome:
     dropped: int
     cpu: dict[str, Any] = field(default_factory=dict)
     redis: dict[str, Any] = field(default_factory=dict)
+    by_kind: dict[str, list[int]] = field(default_factory=dict)  # reserve_ab: sorted ns
+    slices: dict[int, int] = field(default_factory=dict)  # reserve_ab: slice -> calls counted
+    overlapping: int = 0  # reserve_ab: calls completing in the other kind's counted time
 
     @property
     def calls(self) -> int:
@@ -302,8 +334,8 @@ class Bench:
     def running(self) -> Iterator[Bench]:
         try:
             log(
-                f"starting Redis, PostgreSQL and {self.args.server_procs} budget service"
-                f" process(es) ..."
+                f"starting Redis, PostgreSQL, the pricing service and"
+                f" {self.args.server_procs} budget service process(es) ..."
             )
             self.stack = Stack(
                 server_procs=self.args.server_procs,
@@ -379,10 +411,17 @@ class Bench:
         window_s: float,
         *,
         rate_calls_per_s: float = 0.0,
+        slice_s: float = 0.0,
+        guard_s: float = 0.0,
         before_window: Any = None,
+        during_window: Callable[[int], None] | None = None,
         after_window: Any = None,
     ) -> PhaseOutcome:
-        """Run one phase on every client; CPU is sampled exactly around the window."""
+        """Run one phase on every client; CPU is sampled exactly around the window.
+
+        `during_window(begin_ns)` runs in this process from the window's start (perf_counter_ns
+        `begin_ns`, as the clients see it) and returns before its end.
+        """
         assert self.clients is not None and self.stack is not None
         args = self.args
         n = args.clients
@@ -391,7 +430,15 @@ class Bench:
         window_ns = int(window_s * 1e9)
         phases = []
         for i in range(n):
-            phase = Phase(kind, start, warmup_ns, window_ns, concurrency=args.concurrency)
+            phase = Phase(
+                kind,
+                start,
+                warmup_ns,
+                window_ns,
+                concurrency=args.concurrency,
+                slice_ns=int(slice_s * 1e9),
+                guard_ns=int(guard_s * 1e9),
+            )
             if kind == "open":
                 pairs_per_client = rate_calls_per_s / 2 / n  # a pair: Reserve + Commit
                 phase.rate = pairs_per_client
@@ -402,6 +449,8 @@ class Bench:
         self.clients.send(phases)
         _sleep_until(start + warmup_ns)
         first = self._cpu()
+        if during_window is not None:
+            during_window(start + warmup_ns)
         _sleep_until(start + warmup_ns + window_ns)
         last = self._cpu()
         results = self.clients.collect(timeout=args.warmup + window_s + 60.0)
@@ -418,6 +467,21 @@ class Bench:
         if outcome.calls == 0:
             raise BenchError(f"phase {name!r}: no call succeeded ({outcome.error_sample})")
         return outcome
+
+    def _slice_cpu(self, begin_ns: int) -> list[float]:
+        """Service event-loop CPU seconds of each reserve-only slice, from its guard on."""
+        assert self.stack is not None
+        a = self.args
+        pids = self.stack.service_pids
+        slice_ns, guard_ns = int(a.reserve_slice * 1e9), int(a.reserve_guard * 1e9)
+        used: list[float] = []
+        for i in range(a.reserve_slices):
+            at = begin_ns + i * slice_ns
+            _sleep_until(at + guard_ns)
+            before = sum(procfs.main_thread_run_seconds(p) for p in pids)
+            _sleep_until(at + slice_ns)
+            used.append(sum(procfs.main_thread_run_seconds(p) for p in pids) - before)
+        return used
 
     def _commandstats(self) -> dict[str, Any]:
         assert self.redis is not None
@@ -483,20 +547,40 @@ class Bench:
         half = self.phase("half_load", "open", args.seconds, rate_calls_per_s=target)
         log(f"  {half.calls_per_s:,.0f} calls/s achieved")
 
-        log(f"phase 4/5 reserve only: {args.reserve_seconds:g} s (Redis commandstats)")
+        log(
+            f"phase 4/5 reserve only, amount- and token-based ({client.SUBJECT['model']},"
+            f" {client.RESERVE_INPUT_TOKENS}+{client.RESERVE_OUTPUT_TOKENS} tokens) alternating"
+            f" every {args.reserve_slice * 1000:g} ms, {args.reserve_seconds:g} s"
+            " (Redis commandstats)"
+        )
         reserve_redis: dict[str, Any] = {}
+        slice_cpu: list[float] = []
         reserve = self.phase(
             "reserve_only",
-            "reserve",
+            "reserve_ab",
             args.reserve_seconds,
+            slice_s=args.reserve_slice,
+            guard_s=args.reserve_guard,
             before_window=self._reset_redis_stats,
+            during_window=lambda begin_ns: slice_cpu.extend(self._slice_cpu(begin_ns)),
             after_window=lambda: reserve_redis.update(self._commandstats()),
         )
         reserve.redis = reserve_redis
+        alternation = Alternation.of(reserve, args.reserve_slice, args.reserve_guard, slice_cpu)
+        low, high = alternation.interval()
         log(
             f"  {reserve.calls_per_s:,.0f} Reserve calls/s,"
-            f" {reserve_redis['evalsha_usec_per_call']:.2f} µs Redis per reserve script"
+            f" {reserve_redis['evalsha_usec_per_call']:.2f} µs Redis per reserve script;"
+            f" amount {alternation.calls_per_s('amount'):,.0f}, tokens"
+            f" {alternation.calls_per_s('tokens'):,.0f} calls/s: ratio {alternation.ratio:.3f}"
+            f" (90% interval {low:.3f} - {high:.3f})"
         )
+        if alternation.overlap > OVERLAP_WARNING:
+            log(
+                f"  note: {alternation.overlap:.0%} of the counted calls overlapped with the other"
+                f" kind's (Reserve p50 {alternation.p('amount', 0.5) / 1000:.0f} ms): raise"
+                " --reserve-guard and --reserve-slice"
+            )
 
         log(f"phase 5/5 scripts one at a time, no load: {PROBE_CALLS} reserves, then commits")
         assert self.stack is not None
@@ -507,7 +591,7 @@ class Bench:
             f" {self.probe['empty']['usec_per_call']:.2f} per empty script"
         )
 
-        return self._report(ceiling, budget, half, reserve, target)
+        return self._report(ceiling, budget, half, reserve, alternation, target)
 
     def _report(
         self,
@@ -515,6 +599,7 @@ class Bench:
         budget: PhaseOutcome,
         half: PhaseOutcome,
         reserve: PhaseOutcome,
+        alternation: Alternation,
         target: float,
     ) -> dict[str, Any]:
         assert self.redis is not None and self.stack is not None
@@ -531,6 +616,13 @@ class Bench:
             "half_load_calls_per_s": round(half.calls_per_s, 1),
             "half_load_reserve_p50_us": half.p("reserve", 0.50),
             "half_load_reserve_p99_us": half.p("reserve", 0.99),
+            "amount_reserve_calls_per_s": round(alternation.calls_per_s("amount"), 1),
+            "amount_reserve_p50_us": alternation.p("amount", 0.50),
+            "amount_reserve_p99_us": alternation.p("amount", 0.99),
+            "token_reserve_calls_per_s": round(alternation.calls_per_s("tokens"), 1),
+            "token_reserve_p50_us": alternation.p("tokens", 0.50),
+            "token_reserve_p99_us": alternation.p("tokens", 0.99),
+            "token_reserve_ratio": round(alternation.ratio, 4),
             "redis_us_per_reserve_script": reserve_us,
             "redis_us_per_evalsha_budget_run": mixed_us,
             "redis_us_per_reserve_script_unloaded": self.probe["reserve"]["usec_per_call"],
@@ -554,6 +646,8 @@ class Bench:
                 # budget-run evalsha is half reserve, half commit scripts
                 "redis_us_per_commit_script_estimate": round(2 * mixed_us - reserve_us, 2),
                 "reserve_only_calls_per_s": round(reserve.calls_per_s, 1),
+                # The reserve-only phase's comparison of amount- and token-based Reserves.
+                "token_reserve": alternation.summary(),
                 "half_load_target_calls_per_s": round(target, 1),
                 "redis_latency_events_over_1ms": self._latency_events(),
             },
@@ -564,6 +658,14 @@ class Bench:
                 "seconds": a.seconds,
                 "warmup_seconds": a.warmup,
                 "reserve_seconds": a.reserve_seconds,
+                "reserve_slice_seconds": a.reserve_slice,
+                "reserve_guard_seconds": a.reserve_guard,
+                "token_reserve": {
+                    "model": client.SUBJECT["model"],
+                    "provider": client.SUBJECT["provider"],
+                    "input_tokens": client.RESERVE_INPUT_TOKENS,
+                    "output_tokens": client.RESERVE_OUTPUT_TOKENS,
+                },
                 "server_procs": a.server_procs,
                 "channels_per_client": a.channels,
                 "budgets_per_request": a.budgets,
@@ -593,6 +695,112 @@ class Bench:
         return [len(owners[pid]) for pid in self.stack.service_pids]
 
 
+@dataclass
+class Alternation:
+    """The reserve-only phase as a comparison: amount-based against token-based Reserves.
+
+    The window is cut in slices, each sending one kind (client.SLICE_KINDS: amount, tokens,
+    tokens, amount, ...). A kind's calls are those that start in its slices past the guard, by
+    when the other kind's calls have completed; in a closed loop a call starts as one completes,
+    so they are what the service completed of that kind in that time. The service's event-loop
+    CPU is read over the same stretches. Slices of a fraction of a second put both kinds under
+    the same conditions, even when other work on the machine changes from one second to the next.
+    """
+
+    slice_s: float
+    guard_s: float
+    counts: list[int]  # per slice: calls counted
+    cpu_s: list[float]  # per slice: service event-loop CPU seconds from the guard on
+    latencies: dict[str, list[int]]  # kind -> sorted ns of its counted calls
+    overlapping: int  # calls that completed in the other kind's slice, past its guard
+
+    @classmethod
+    def of(
+        cls, outcome: PhaseOutcome, slice_s: float, guard_s: float, cpu_s: list[float]
+    ) -> Alternation:
+        counts = [outcome.slices.get(i, 0) for i in range(len(cpu_s))]
+        return cls(slice_s, guard_s, counts, cpu_s, outcome.by_kind, outcome.overlapping)
+
+    @staticmethod
+    def kind(index: int) -> str:
+        return client.SLICE_KINDS[index % len(client.SLICE_KINDS)]
+
+    def _slices(self, kind: str) -> list[int]:
+        return [i for i in range(len(self.counts)) if self.kind(i) == kind]
+
+    def calls_per_s(self, kind: str) -> float:
+        slices = self._slices(kind)
+        seconds = len(slices) * (self.slice_s - self.guard_s)
+        return sum(self.counts[i] for i in slices) / seconds if seconds else 0.0
+
+    @property
+    def ratio(self) -> float:
+        """Token-based / amount-based Reserve calls/s."""
+        amount = self.calls_per_s("amount")
+        return self.calls_per_s("tokens") / amount if amount else 0.0
+
+    def cpu_us_per_call(self, kind: str) -> float:
+        slices = self._slices(kind)
+        calls = sum(self.counts[i] for i in slices)
+        return sum(self.cpu_s[i] for i in slices) * 1e6 / calls if calls else 0.0
+
+    def p(self, kind: str, q: float) -> float:
+        return percentile_us(self.latencies.get(kind, []), q)
+
+    @property
+    def overlap(self) -> float:
+        """Share of the counted calls that overlapped with the other kind's (past the guard)."""
+        counted = sum(self.counts)
+        return self.overlapping / counted if counted else 0.0
+
+    def interval(
+        self, level: float = 0.9, resamples: int = 2000, block_s: float = 1.0
+    ) -> tuple[float, float]:
+        """Bootstrap interval of `ratio` over blocks of ~1 s of slice pairs (fixed seed).
+
+        Each pair of slices holds one of each kind; blocks keep neighbouring pairs together.
+        It shows the noise within the run, not changes on the machine from one run to the next.
+        """
+        pairs = []
+        for j in range(len(self.counts) // 2):
+            a, t = (2 * j, 2 * j + 1) if self.kind(2 * j) == "amount" else (2 * j + 1, 2 * j)
+            pairs.append((self.counts[a], self.counts[t]))
+        size = max(1, round(block_s / (2 * self.slice_s)))
+        blocks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+        rng = random.Random(0)
+        ratios = []
+        for _ in range(resamples):
+            amount = tokens = 0
+            for block in (rng.choice(blocks) for _ in blocks):
+                amount += sum(a for a, _ in block)
+                tokens += sum(t for _, t in block)
+            ratios.append(tokens / amount if amount else 0.0)
+        ratios.sort()
+        tail = (1 - level) / 2
+        return ratios[int(tail * (resamples - 1))], ratios[int((1 - tail) * (resamples - 1))]
+
+    def summary(self) -> dict[str, Any]:
+        low, high = self.interval()
+        amount, tokens = self.cpu_us_per_call("amount"), self.cpu_us_per_call("tokens")
+        return {
+            "slice_s": self.slice_s,
+            "guard_s": self.guard_s,
+            "slices": len(self.counts),
+            "calls_counted": {
+                k: sum(self.counts[i] for i in self._slices(k)) for k in ("amount", "tokens")
+            },
+            "ratio_interval_90": [round(low, 4), round(high, 4)],
+            # Calls of the other kind still completing past the guard, as a share of the calls
+            # counted: they pull the ratio towards 1 by about this share of its distance to 1.
+            "overlap_fraction": round(self.overlap, 4),
+            "service_cpu_us_per_call": {
+                "amount": round(amount, 1),
+                "tokens": round(tokens, 1),
+                "tokens_extra": round(tokens - amount, 1),
+            },
+        }
+
+
 def _cpu_ratio(ceiling: PhaseOutcome, budget: PhaseOutcome) -> float:
     roles = ("service", "redis", "postgres", "clients")
     per_ceiling = sum(ceiling.cpu["cpu_us_per_call"][r] for r in roles)
@@ -606,6 +814,9 @@ def _merge(name: str, window_s: float, results: list[Result]) -> PhaseOutcome:
     errors: Counter[str] = Counter()
     sample = ""
     dropped = 0
+    by_kind: dict[str, list[int]] = {}
+    slices: Counter[int] = Counter()
+    overlapping = 0
     for r in results:
         for op, values in r.latencies.items():
             latencies.setdefault(op, []).extend(values)
@@ -613,11 +824,19 @@ def _merge(name: str, window_s: float, results: list[Result]) -> PhaseOutcome:
         errors.update(r.errors)
         sample = sample or r.error_sample
         dropped += r.dropped
-    for merged in latencies.values():
+        for kind, values in r.by_kind.items():
+            by_kind.setdefault(kind, []).extend(values)
+        slices.update(r.slices)
+        overlapping += r.overlapping
+    for merged in (*latencies.values(), *by_kind.values()):
         merged.sort()
     lags.sort()
     counts = {op: len(v) for op, v in latencies.items()}
-    return PhaseOutcome(name, window_s, counts, latencies, lags, errors, sample, dropped)
+    outcome = PhaseOutcome(name, window_s, counts, latencies, lags, errors, sample, dropped)
+    outcome.by_kind = by_kind
+    outcome.slices = dict(slices)
+    outcome.overlapping = overlapping
+    return outcome
 
 
 def _cpu_use(first: CpuSample, last: CpuSample, calls: int) -> dict[str, Any]:
@@ -702,6 +921,9 @@ def render(report: dict[str, Any]) -> str:
     p = report["params"]
     d = report["derived"]
     ph = report["phases"]
+    tok = p["token_reserve"]
+    alt = d["token_reserve"]
+    cpu_us = alt["service_cpu_us_per_call"]
     lines = [
         "",
         "Budget service bench",
@@ -710,7 +932,8 @@ def render(report: dict[str, Any]) -> str:
         f" redis {m.get('redis_server', '?')}, load avg at start {m['load_average_1m']}",
         f"params:  clients={p['clients']} concurrency={p['concurrency_per_client']}/client"
         f" seconds={p['seconds']:g} (warm-up {p['warmup_seconds']:g}, reserve-only"
-        f" {p['reserve_seconds']:g}) server-procs={p['server_procs']}"
+        f" {p['reserve_seconds']:g} s in {p['reserve_slice_seconds'] * 1000:g} ms slices)"
+        f" server-procs={p['server_procs']}"
         f" channels={p['channels_per_client']}/client budgets/request={p['budgets_per_request']}"
         f" service LOG_LEVEL={p['service_log_level']}"
         f" connections/service process={p['connections_per_service_process']}"
@@ -741,6 +964,33 @@ def render(report: dict[str, Any]) -> str:
             f"Reserve p50 / p99 (µs), half load ({f['half_load_calls_per_s']:,.0f}/s)",
             f"{f['half_load_reserve_p50_us']:,.0f} / {f['half_load_reserve_p99_us']:,.0f}",
             _aim(f["half_load_reserve_p99_us"], AIMS["half_load_reserve_p99_us"]) + " (p99)",
+        ),
+        (
+            "reserve-only, amount: Reserve calls/s",
+            f"{f['amount_reserve_calls_per_s']:,.0f}",
+            "",
+        ),
+        (
+            "reserve-only, tokens: Reserve calls/s",
+            f"{f['token_reserve_calls_per_s']:,.0f}",
+            f"({tok['model']}, {tok['input_tokens']}+{tok['output_tokens']} tokens)",
+        ),
+        (
+            "RATIO tokens / amount Reserve calls/s",
+            f"{f['token_reserve_ratio']:.3f}",
+            _aim(f["token_reserve_ratio"], AIMS["token_reserve_ratio"])
+            + f" (90% interval {alt['ratio_interval_90'][0]:.3f} -"
+            f" {alt['ratio_interval_90'][1]:.3f})",
+        ),
+        (
+            "Reserve p50 / p99 (µs), reserve-only, amount",
+            f"{f['amount_reserve_p50_us']:,.0f} / {f['amount_reserve_p99_us']:,.0f}",
+            "",
+        ),
+        (
+            "Reserve p50 / p99 (µs), reserve-only, tokens",
+            f"{f['token_reserve_p50_us']:,.0f} / {f['token_reserve_p99_us']:,.0f}",
+            "",
         ),
         (
             "Redis µs per reserve script, full load",
@@ -786,7 +1036,13 @@ def render(report: dict[str, Any]) -> str:
         f"half load: target {d['half_load_target_calls_per_s']:,.0f} calls/s; client start lag"
         f" p50/p99 {lag.get('p50', 0):,.0f}/{lag.get('p99', 0):,.0f} µs;"
         f" dropped arrivals {half.get('dropped_arrivals', 0)}",
-        f"reserve-only closed loop: {d['reserve_only_calls_per_s']:,.0f} Reserve calls/s",
+        f"reserve-only closed loop: {d['reserve_only_calls_per_s']:,.0f} Reserve calls/s, the"
+        f" kinds alternating in {alt['slices']} slices of {alt['slice_s'] * 1000:g} ms (amount,"
+        f" tokens, tokens, amount, ...); a kind's calls are those starting"
+        f" {alt['guard_s'] * 1000:g} ms or more into its slices (overlap with the other kind"
+        f" {alt['overlap_fraction']:.1%})",
+        f"service event-loop CPU µs per Reserve: amount {cpu_us['amount']:,.0f},"
+        f" tokens {cpu_us['tokens']:,.0f} ({cpu_us['tokens_extra']:+,.0f} to price the tokens)",
         f"CPU-normalized ratio (whole-stack CPU µs per call, ceiling / budget):"
         f" {d['cpu_normalized_ratio']:.3f}  (the ratio if nothing else ran on the machine)",
         "",

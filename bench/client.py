@@ -49,10 +49,15 @@ SUBJECT = {
     "project": "vk-bench",
     "user": "user-bench",
     "provider": "openai",
-    "model": "gpt-4o-mini",
+    # A model of the pricing service's bundled catalog: token-based Reserves are priced with it.
+    # Amount-based calls name it too, so both kinds cover the same budgets.
+    "model": "gpt-4o",
 }
 RESERVE_NANOS = 2_000_000  # 0.002 USD: a small chat completion's estimate
 ACTUAL_NANOS = 1_500_000
+# The token-based Reserve's estimate: prompt tokens and the output cap (gpt-4o: 0.011 USD).
+RESERVE_INPUT_TOKENS = 1200
+RESERVE_OUTPUT_TOKENS = 800
 
 
 @dataclass(frozen=True)
@@ -72,13 +77,24 @@ class Config:
 class Phase:
     """One phase, as the parent sends it."""
 
-    kind: str  # "ceiling", "budget", "reserve" (closed loop) or "open" (budget, open loop)
+    # "ceiling", "budget", "reserve", "reserve_ab" (closed loop) or "open" (budget, open loop)
+    kind: str
     start_ns: int  # perf_counter_ns at which every client starts (warm-up first)
     warmup_ns: int
     window_ns: int
     concurrency: int = 1
     rate: float = 0.0  # open loop: Reserve+Commit pairs per second from this client
     offset_ns: int = 0  # open loop: this client's first arrival after the warm-up starts
+    # reserve_ab: from the window's start, slices of this length, each of one kind (SLICE_KINDS)
+    slice_ns: int = 0
+    # reserve_ab: a call counts for its kind when it starts at least this long after its slice
+    # does (by then the calls of the slice before have completed: the service does one kind)
+    guard_ns: int = 0
+
+
+# reserve_ab: slice i sends amount-based or token-based Reserves as SLICE_KINDS[i % 4] says:
+# each pair of slices has one of each, and which goes first alternates.
+SLICE_KINDS = ("amount", "tokens", "tokens", "amount")
 
 
 @dataclass
@@ -93,6 +109,11 @@ class Result:
     errors: Counter[str] = field(default_factory=Counter)  # "op:CODE" -> calls, whole phase
     error_sample: str = ""  # the first error's details
     dropped: int = 0  # open loop: arrivals not started (too many outstanding)
+    # reserve_ab: "amount"/"tokens" -> ns of the calls counted for that kind (by start time)
+    by_kind: dict[str, array[int]] = field(default_factory=dict)
+    slices: dict[int, int] = field(default_factory=dict)  # reserve_ab: slice -> calls counted
+    # reserve_ab: calls that completed in a slice of the other kind, past its guard
+    overlapping: int = 0
 
 
 def _die_with_parent() -> None:
@@ -145,6 +166,9 @@ class Client:
         self._ids = itertools.count()
         self._subject = pb.Subject(org=config.org, **SUBJECT)  # type: ignore[arg-type]
         self._ttl = duration_pb2.Duration(seconds=HOLD_TTL_SECONDS)
+        self._usage = pb.Usage(
+            input_tokens=RESERVE_INPUT_TOKENS, output_tokens=RESERVE_OUTPUT_TOKENS
+        )
 
     async def connect(self) -> None:
         """Open the channels, each on its own TCP connection, spread evenly over the servers."""
@@ -215,6 +239,11 @@ class Client:
         recorder = _Recorder(begin, end)
         if phase.kind == "open":
             await self._open_loop(phase, recorder, end)
+        elif phase.kind == "reserve_ab":
+            op = self._alternating(phase.slice_ns, phase.guard_ns)
+            await asyncio.gather(
+                *(self._closed_slot(op, slot, recorder, end) for slot in range(phase.concurrency))
+            )
         else:
             op = {
                 "ceiling": self._check,
@@ -272,6 +301,13 @@ class Client:
             reservation_id=rid, subject=self._subject, amount_nanos=RESERVE_NANOS, ttl=self._ttl
         )
 
+    def _token_reserve_request(self) -> pb.ReserveRequest:
+        """The same Reserve, estimated as tokens: the service prices them with SUBJECT's model."""
+        rid = f"bench-{self.config.run_tag}-{self.config.index}-{next(self._ids)}"
+        return pb.ReserveRequest(
+            reservation_id=rid, subject=self._subject, usage=self._usage, ttl=self._ttl
+        )
+
     async def _reserve_only(self, channel: int, recorder: _Recorder) -> None:
         request = self._reserve_request()
         t0 = time.perf_counter_ns()
@@ -281,6 +317,37 @@ class Client:
             recorder.error("reserve", exc)
             return
         recorder.add("reserve", t0, time.perf_counter_ns())
+
+    def _alternating(self, slice_ns: int, guard_ns: int) -> Any:
+        """A Reserve of the kind of the slice it starts in, amount- or token-based (reserve_ab).
+
+        Each call in the window counts as "reserve", as in the other phases. It also counts for
+        its kind, with its slice, when it started in the window and past the slice's guard.
+        """
+        make = {"amount": self._reserve_request, "tokens": self._token_reserve_request}
+
+        async def op(channel: int, recorder: _Recorder) -> None:
+            t0 = time.perf_counter_ns()
+            index, into = divmod(t0 - recorder.begin, slice_ns)
+            kind = SLICE_KINDS[index % len(SLICE_KINDS)]
+            try:
+                await self._reserve[channel](make[kind](), timeout=CALL_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                recorder.error(f"reserve_{kind}", exc)
+                return
+            t1 = time.perf_counter_ns()
+            recorder.add("reserve", t0, t1)
+            if index >= 0 and into >= guard_ns and t0 < recorder.end:
+                recorder.add_by_kind(kind, t0, t1, index)
+            done_in, done_into = divmod(t1 - recorder.begin, slice_ns)
+            if (
+                recorder.begin <= t1 < recorder.end
+                and done_into >= guard_ns
+                and SLICE_KINDS[done_in % len(SLICE_KINDS)] != kind
+            ):
+                recorder.overlapping += 1  # in the other kind's counted time
+
+        return op
 
     async def _reserve_commit(
         self, channel: int, recorder: _Recorder, scheduled_ns: int | None = None
@@ -319,6 +386,17 @@ class _Recorder:
         self.errors: Counter[str] = Counter()
         self.error_sample = ""
         self.dropped = 0
+        self.by_kind: dict[str, array[int]] = {}
+        self.slices: dict[int, int] = {}
+        self.overlapping = 0
+
+    def add_by_kind(self, kind: str, t0: int, t1: int, index: int) -> None:
+        """A call counted by when it started (in slice `index`), wherever it completed."""
+        lat = self.by_kind.get(kind)
+        if lat is None:
+            lat = self.by_kind[kind] = array("q")
+        lat.append(t1 - t0)
+        self.slices[index] = self.slices.get(index, 0) + 1
 
     def add(self, op: str, t0: int, t1: int) -> None:
         if self.begin <= t1 <= self.end:
@@ -334,5 +412,13 @@ class _Recorder:
 
     def result(self, window_ns: int) -> Result:
         return Result(
-            window_ns, self.latencies, self.lags, self.errors, self.error_sample, self.dropped
+            window_ns,
+            self.latencies,
+            self.lags,
+            self.errors,
+            self.error_sample,
+            self.dropped,
+            self.by_kind,
+            self.slices,
+            self.overlapping,
         )

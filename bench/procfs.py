@@ -179,3 +179,16 @@ def cpu_pressure_seconds() -> float:
         if part.startswith("total="):
             return int(part[6:]) / 1e6
     return 0.0
+
+
+def main_thread_run_seconds(pid: int) -> float:
+    """Seconds the main thread of `pid` ran on a CPU (schedstat: nanosecond precision).
+
+    For a service whose work is on its event-loop thread, this is the CPU its calls cost, and
+    it can be read between two instants a few milliseconds apart.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/schedstat").read_text().split()
+    except OSError:
+        return 0.0
+    return int(fields[0]) / 1e9 if fields else 0.0

@@ -1,9 +1,14 @@
-"""The server side of a bench run: Redis (AOF on), PostgreSQL and N budget service processes.
+"""The server side of a bench run: Redis (AOF on), PostgreSQL, the pricing service and N budget
+service processes.
 
 Everything lives in one temporary folder and listens on free ports. `Stack` is a context
 manager: leaving it (normally, on an error or on Ctrl-C) stops every process it started, the
-service processes first (they drain, then close their store connections), then PostgreSQL and
-Redis, and removes the folder.
+budget service processes first (they drain, then close their store connections), then the
+pricing service, PostgreSQL and Redis, and removes the folder.
+
+The budget services price token-based Reserves from an in-process table fed by the pricing
+service's WatchPrices stream; the stack is ready only once every budget service process has
+priced a token Reserve, so the token figures never measure a table still loading.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import procfs
+from bench.client import SUBJECT
 from devstack import PostgresProcess, RedisProcess, free_port
 from devstack._process import log_tail
 from genproto.budget.v1 import budget_pb2 as pb
@@ -34,6 +40,10 @@ from genproto.budget.v1 import budget_pb2_grpc
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICE_START_TIMEOUT = 60.0
 SERVICE_STOP_TIMEOUT = 10.0
+PRICES_LOAD_TIMEOUT = 30.0  # from SERVING until every service process has its price table
+# The readiness check reserves tokens of the bench's model on an org of its own, with no
+# budgets, and releases each hold.
+PRICE_CHECK_ORG = "bench-price-check"
 
 
 class BenchError(RuntimeError):
@@ -53,16 +63,30 @@ def _single_threaded() -> bool:
 
 
 class ServiceProcess:
-    """One `python -m budget_service`, its output in a log file."""
+    """One `python -m budget_service` (or `module`), its output in a log file."""
 
     def __init__(
-        self, index: int, env: dict[str, str], log_path: Path, profile_path: Path | None
+        self,
+        index: int,
+        env: dict[str, str],
+        log_path: Path,
+        profile_path: Path | None,
+        *,
+        module: str = "budget_service",
     ) -> None:
         self.index = index
         self.env = env
         self.log_path = log_path
         self.profile_path = profile_path
+        self.module = module
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def label(self) -> str:
+        """How messages name it: "budget service 0", "pricing service"."""
+        if self.module == "budget_service":
+            return f"budget service {self.index}"
+        return self.module.replace("_", " ")
 
     @property
     def pid(self) -> int:
@@ -75,7 +99,7 @@ class ServiceProcess:
             module = "bench.profiling"
             env["BENCH_PROFILE_OUT"] = str(self.profile_path)
         else:
-            module = "budget_service"
+            module = self.module
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", module],
@@ -120,7 +144,7 @@ class ServiceProcess:
 
 
 class Stack:
-    """Redis, PostgreSQL and the budget service processes of one run."""
+    """Redis, PostgreSQL, the pricing service and the budget service processes of one run."""
 
     def __init__(
         self, *, server_procs: int, log_level: str, profile: bool = False, keep_dir: bool = False
@@ -134,6 +158,9 @@ class Stack:
         self.postgres = PostgresProcess(self.root / "postgres", free_port(), fsync=False)
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
+        self.pricing_port = free_port()
+        self.pricing_addr = f"127.0.0.1:{self.pricing_port}"
+        self.pricing: ServiceProcess | None = None
         self.services: list[ServiceProcess] = []
         self._exit = ExitStack()
 
@@ -163,15 +190,31 @@ class Stack:
         self.redis.start()
         self._exit.callback(self.postgres.stop)
         self.postgres.start()
-        self._exit.callback(self._stop_services)
         env = {
             **os.environ,
             "REDIS_URL": self.redis.url,
             "DATABASE_URL": self.postgres.url,
             "BUDGET_ADDR": self.addr,
+            "PRICING_ADDR": self.pricing_addr,
             "LOG_LEVEL": self.log_level,
             "SHUTDOWN_GRACE_SECONDS": "2",
         }
+        # The pricing service first: a budget service's price stream then connects at once
+        # instead of backing off. It stops after the budget services (LIFO), before PostgreSQL.
+        # Only the bundled catalog: no price source is fetched during a bench.
+        self.pricing = ServiceProcess(
+            0,
+            {**env, "PRICING_SOURCE_URLS": ""},
+            self.root / "pricing.log",
+            None,
+            module="pricing_service",
+        )
+        self._exit.callback(self.pricing.stop)
+        self.pricing.start()
+        # Listening is read from /proc, not asked over gRPC: the budget services below must
+        # start while this process is still single-threaded (see _die_with_parent).
+        self._wait_listening(self.pricing, self.pricing_port)
+        self._exit.callback(self._stop_services)
         if self.server_procs > 1:
             # The service refuses a taken address unless told to share it (SO_REUSEPORT).
             env["BUDGET_REUSE_PORT"] = "1"
@@ -181,8 +224,10 @@ class Stack:
             service = ServiceProcess(i, env, self.root / f"service-{i}.log", profile_path)
             self.services.append(service)
             service.start()
-            self._wait_listening(service)
+            self._wait_listening(service, self.port)
         self._wait_serving()
+        self._wait_pricing_serving()
+        self._wait_prices_loaded()
 
     def close(self) -> None:
         """Stop everything; safe to call more than once."""
@@ -196,18 +241,22 @@ class Stack:
 
     # --- readiness ------------------------------------------------------------------------
 
-    def _wait_listening(self, service: ServiceProcess) -> None:
-        """Until this very process listens on the shared port (the others already do)."""
+    def _wait_listening(self, service: ServiceProcess, port: int) -> None:
+        """Until this very process listens on `port` (for budget services: the shared port)."""
         deadline = time.monotonic() + SERVICE_START_TIMEOUT
-        while not procfs.listening_on(service.pid, self.port):
-            if not service.alive():
-                raise BenchError(
-                    f"budget service {service.index} exited during startup\n"
-                    f"--- tail of {service.log_path} ---\n{service.log_tail()}"
-                )
+        while not procfs.listening_on(service.pid, port):
+            self._check_started(service)
             if time.monotonic() > deadline:
-                raise BenchError(f"budget service {service.index} did not listen in time")
+                raise BenchError(f"{service.label} did not listen in time")
             time.sleep(0.05)
+
+    @staticmethod
+    def _check_started(service: ServiceProcess) -> None:
+        if not service.alive():
+            raise BenchError(
+                f"{service.label} exited during startup\n"
+                f"--- tail of {service.log_path} ---\n{service.log_tail()}"
+            )
 
     def _wait_serving(self) -> None:
         """Until grpc health answers SERVING on fresh connections (each may hit any process)."""
@@ -216,11 +265,7 @@ class Stack:
         good = 0
         while good < needed:
             for service in self.services:
-                if not service.alive():
-                    raise BenchError(
-                        f"budget service {service.index} exited during startup\n"
-                        f"--- tail of {service.log_path} ---\n{service.log_tail()}"
-                    )
+                self._check_started(service)
             if time.monotonic() > deadline:
                 raise BenchError("the budget service did not report SERVING in time")
             with grpc.insecure_channel(
@@ -236,6 +281,101 @@ class Stack:
             good = good + 1 if ok else 0
             if not ok:
                 time.sleep(0.05)
+
+    def _wait_pricing_serving(self) -> None:
+        """Until the pricing service's grpc health answers SERVING."""
+        assert self.pricing is not None
+        deadline = time.monotonic() + SERVICE_START_TIMEOUT
+        with grpc.insecure_channel(self.pricing_addr) as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            while True:
+                self._check_started(self.pricing)
+                try:
+                    answer = check(health_pb2.HealthCheckRequest(), timeout=2.0)
+                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        "the pricing service did not report SERVING in time\n"
+                        f"--- tail of {self.pricing.log_path} ---\n{self.pricing.log_tail()}"
+                    )
+                time.sleep(0.05)
+
+    def _wait_prices_loaded(self) -> None:
+        """Until every budget service process prices a token Reserve (its price table loaded).
+
+        A process whose WatchPrices stream has not caught up answers UNAVAILABLE. Each attempt
+        is a fresh connection, which the kernel gives to any of the processes sharing the port;
+        /proc tells which one answered, and the wait ends when each one has.
+        """
+        assert self.pricing is not None
+        deadline = time.monotonic() + PRICES_LOAD_TIMEOUT
+        pending = set(self.service_pids)
+        last = "no answer yet"
+        attempt = 0
+        while pending:
+            for service in [*self.services, self.pricing]:
+                self._check_started(service)
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"the budget service's price table did not load within"
+                    f" {PRICES_LOAD_TIMEOUT:.0f} s ({len(pending)} of {len(self.services)}"
+                    f" process(es) not ready; last answer: {last})\n"
+                    f"--- tail of {self.services[0].log_path} ---\n{self.services[0].log_tail()}\n"
+                    f"--- tail of {self.pricing.log_path} ---\n{self.pricing.log_tail()}"
+                )
+            attempt += 1
+            rid = f"price-check-{attempt}"
+            before = procfs.socket_inodes()
+            with grpc.insecure_channel(
+                self.addr, options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as channel:
+                stub = budget_pb2_grpc.BudgetServiceStub(channel)  # type: ignore[no-untyped-call]
+                try:
+                    stub.Reserve(
+                        pb.ReserveRequest(
+                            reservation_id=rid,
+                            subject=pb.Subject(
+                                org=PRICE_CHECK_ORG,
+                                model=SUBJECT["model"],
+                                provider=SUBJECT["provider"],
+                            ),
+                            usage=pb.Usage(input_tokens=1, output_tokens=1),
+                        ),
+                        timeout=5.0,
+                    )
+                except grpc.RpcError as exc:
+                    code, details = exc.code(), exc.details()
+                    if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        raise BenchError(
+                            f"a token Reserve ({SUBJECT['model']}) failed: {code.name}: {details}"
+                        ) from None
+                    last = f"{code.name}: {details}"
+                    time.sleep(0.1)
+                    continue
+                if len(self.services) == 1:
+                    pending.clear()
+                else:
+                    pending.discard(self._owner(procfs.socket_inodes() - before))
+                stub.Release(
+                    pb.ReleaseRequest(org=PRICE_CHECK_ORG, reservation_id=rid), timeout=5.0
+                )
+
+    def _owner(self, new_inodes: set[int]) -> int:
+        """Service pid that accepted the connection whose client socket is in `new_inodes`."""
+        ports = {
+            s.local_port
+            for s in procfs.tcp_sockets()
+            if s.inode in new_inodes
+            and s.remote_port == self.port
+            and s.state == procfs.TCP_ESTABLISHED
+        }
+        for pid, remote_ports in procfs.server_connections(self.service_pids, self.port).items():
+            if ports & set(remote_ports):
+                return pid
+        return 0
 
     # --- setup and figures ----------------------------------------------------------------
 
@@ -267,10 +407,10 @@ class Stack:
         return [s.pid for s in self.services]
 
     def check_services(self) -> None:
-        """Raise if a service process died during the run."""
-        for service in self.services:
+        """Raise if a service process (budget or pricing) died during the run."""
+        for service in [*self.services, *([self.pricing] if self.pricing else [])]:
             if not service.alive():
                 raise BenchError(
-                    f"budget service {service.index} died during the run\n"
+                    f"{service.label} died during the run\n"
                     f"--- tail of {service.log_path} ---\n{service.log_tail()}"
                 )

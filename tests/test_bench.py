@@ -27,6 +27,13 @@ FIGURES = {
     "half_load_calls_per_s",
     "half_load_reserve_p50_us",
     "half_load_reserve_p99_us",
+    "amount_reserve_calls_per_s",
+    "amount_reserve_p50_us",
+    "amount_reserve_p99_us",
+    "token_reserve_calls_per_s",
+    "token_reserve_p50_us",
+    "token_reserve_p99_us",
+    "token_reserve_ratio",
     "redis_us_per_reserve_script",
     "redis_us_per_evalsha_budget_run",
     "redis_us_per_reserve_script_unloaded",
@@ -78,3 +85,8 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
     for phase in report["phases"].values():
         assert not phase["errors"], phase["errors"]
     assert "RATIO budget / ceiling" in result.stdout
+    assert "RATIO tokens / amount Reserve calls/s" in result.stdout
+    # Token Reserves were priced, not refused while the price table loaded (no phase has an
+    # error, above), and both kinds were counted in the reserve-only phase's slices.
+    counted = report["derived"]["token_reserve"]["calls_counted"]
+    assert counted["amount"] > 0 and counted["tokens"] > 0, counted
