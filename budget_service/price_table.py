@@ -71,6 +71,9 @@ class PriceTable:
         self._versions: dict[int, PricedModel] = {}
         self._history: dict[Key, list[PricedModel]] = defaultdict(list)
         self._names: dict[str, set[Key]] = defaultdict(set)
+        # (name, provider) -> (entry, ms until which it stays current): lookups on the hot path
+        # skip name rules and history scans; emptied whenever a version arrives.
+        self._resolved: dict[tuple[str, str], tuple[PricedModel, float]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def apply(self, message: ppb.ModelPrice) -> None:
@@ -83,6 +86,7 @@ class PriceTable:
         for name in (price.model, *price.aliases):
             self._names[name].add(key)
         self.version = max(self.version, entry.version)
+        self._resolved.clear()
 
     def by_version(self, version: int) -> PricedModel:
         """The price a reservation was made with."""
@@ -95,6 +99,17 @@ class PriceTable:
         """The current price of `model` (aliases and name rules as the pricing service)."""
         if not self.ready.is_set():
             raise Unavailable("prices are not loaded yet (is the pricing service up?); retry")
+        now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+        hit = self._resolved.get((model, provider))
+        if hit is not None and now < hit[1]:
+            return hit[0]
+        entry, until = self._resolve(model, provider, now)
+        if len(self._resolved) > 10_000:
+            self._resolved.clear()
+        self._resolved[(model, provider)] = (entry, until)
+        return entry
+
+    def _resolve(self, model: str, provider: str, now: int) -> tuple[PricedModel, float]:
         provider = provider or provider_hint(model) or ""
         for name in candidates(model):
             keys = {k for k in self._names.get(name, ()) if not provider or k[0] == provider}
@@ -107,19 +122,21 @@ class PriceTable:
                     f"model {model!r} is sold by {', '.join(sorted(k[0] for k in exact))};"
                     " set subject.provider",
                 )
-            return self._current(exact.pop(), now_ms)
+            return self._current(exact.pop(), now)
         raise InvalidArgument(
             "subject.model",
             f"model {model!r} has no price; add one with PricingService/UpsertPrice (or a"
             " source in PRICING_SOURCE_URLS), or reserve with amount_nanos",
         )
 
-    def _current(self, key: Key, now_ms: int | None) -> PricedModel:
-        now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    def _current(self, key: Key, now: int) -> tuple[PricedModel, float]:
+        """The version in effect at `now`, and until when it stays so (a scheduled change)."""
         live = [e for e in self._history[key] if e.effective_from_ms <= now]
         if not live:
             raise InvalidArgument("subject.model", f"{key[1]!r} has no price in effect yet")
-        return max(live, key=lambda e: (e.effective_from_ms, e.version))
+        upcoming = [e.effective_from_ms for e in self._history[key] if e.effective_from_ms > now]
+        until = min(upcoming, default=float("inf"))
+        return max(live, key=lambda e: (e.effective_from_ms, e.version)), until
 
     async def _follow(self) -> None:
         delay = self.retry_seconds
