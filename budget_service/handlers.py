@@ -18,7 +18,7 @@ from budget_service.rpc import Context, rpc
 from budget_service.settings import Settings
 from genproto.budget.v1 import budget_pb2 as pb
 from genproto.budget.v1 import budget_pb2_grpc
-from pricing_service.convert import usage_from_proto
+from pricing_service.convert import usage_from_proto, usage_to_proto
 from pricing_service.cost import cost_nanos, reserve_estimate_nanos
 from pricing_service.overrides import PriceOverride, price_for
 from pricing_service.usage_shapes import UsageShapeError, normalize
@@ -195,14 +195,7 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
             shaped = normalize(data)
         except (ValueError, UsageShapeError) as exc:
             raise InvalidArgument("provider_usage_json", str(exc)) from exc
-        return pb.Usage(
-            input_tokens=shaped.input_tokens,
-            output_tokens=shaped.output_tokens,
-            cached_input_tokens=shaped.cached_input_tokens,
-            cache_write_tokens=shaped.cache_write_tokens,
-            cache_write_1h_tokens=shaped.cache_write_1h_tokens,
-            reasoning_tokens=shaped.reasoning_tokens,
-        )
+        return usage_to_proto(shaped)
 
     def _charge(
         self, price_version: int, usage: pb.Usage, negotiated: tuple[PriceOverride, ...]

@@ -156,6 +156,18 @@ def override_to_proto(override: PriceOverride) -> pb.PriceOverride:
     return out
 
 
+def usage_to_proto(usage: Usage) -> budget_pb2.Usage:
+    """The wire form of a Usage (e.g. one normalized from a provider's usage object)."""
+    return budget_pb2.Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+    )
+
+
 def usage_from_proto(field: str, usage: budget_pb2.Usage) -> Usage:
     """The cost module's Usage; InvalidArgument (naming `field`) when counts are inconsistent."""
     try:
