@@ -179,7 +179,10 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
         entry = self._prices().lookup(subject.model, subject.provider)
         price = price_for(entry.price, await self._negotiated(subject.org))
         try:
-            amount = reserve_estimate_nanos(price, usage.input_tokens, usage.output_tokens)
+            if price is entry.price and entry.estimator is not None:  # list price: integer path
+                amount = entry.estimator(usage.input_tokens, usage.output_tokens)
+            else:
+                amount = reserve_estimate_nanos(price, usage.input_tokens, usage.output_tokens)
         except ValueError as exc:
             raise InvalidArgument("usage", str(exc)) from exc
         return self._amount("usage", amount), entry.version

@@ -19,6 +19,7 @@ import structlog
 from budget_service.errors import InvalidArgument, Unavailable
 from genproto.pricing.v1 import pricing_pb2 as ppb
 from genproto.pricing.v1 import pricing_pb2_grpc
+from pricing_service.fast_estimate import Estimator, compile_estimator
 from pricing_service.names import candidates, provider_hint
 from pricing_service.prices import PER_MILLION_FIELDS, TIER_PRICE_FIELDS, ModelPrice
 
@@ -33,6 +34,9 @@ class PricedModel:
     version: int
     effective_from_ms: int
     price: ModelPrice
+    # Integer reserve estimator (same answers as the Decimal one), or None when the price has
+    # too many decimals for it.
+    estimator: Estimator | None = None
 
 
 def _model_price(message: ppb.ModelPrice) -> ModelPrice:
@@ -79,7 +83,12 @@ class PriceTable:
     def apply(self, message: ppb.ModelPrice) -> None:
         """Take one price version into the table."""
         price = _model_price(message)
-        entry = PricedModel(message.version, message.effective_from.ToMilliseconds(), price)
+        entry = PricedModel(
+            message.version,
+            message.effective_from.ToMilliseconds(),
+            price,
+            compile_estimator(price),
+        )
         self._versions[entry.version] = entry
         key = (price.provider, price.model)
         self._history[key].append(entry)
