@@ -10,7 +10,7 @@ from google.protobuf import duration_pb2
 
 from budget_service import validation as v
 from budget_service.budgets import subject_pairs
-from budget_service.engine import Balance, Engine
+from budget_service.engine import Balance, Committed, Engine
 from budget_service.errors import FailedPrecondition, InvalidArgument, Unavailable
 from budget_service.org_overrides import OrgOverrides
 from budget_service.price_table import PriceTable
@@ -125,17 +125,24 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
         kind = request.WhichOneof("actual")
         if kind is None:
             raise InvalidArgument("actual_nanos", "is required: the actual cost in nano-USD")
+        usage: pb.Usage | None = None
         if kind == "actual_nanos":
             actual = self._amount("actual_nanos", request.actual_nanos)
             done = await self.engine.commit(org, rid, str(actual), actual)
-            return pb.CommitResponse(
-                charged_nanos=done.charged_nanos,
-                released_nanos=done.released_nanos,
-                overage_nanos=done.overage_nanos,
-                late=done.late,
-                budgets=balances_to_proto(done.budgets),
-            )
-        usage = self._usage(request)
+        else:
+            usage = self._usage(request)
+            done = await self._commit_usage(org, rid, usage)
+        return pb.CommitResponse(
+            charged_nanos=done.charged_nanos,
+            released_nanos=done.released_nanos,
+            overage_nanos=done.overage_nanos,
+            late=done.late,
+            budgets=balances_to_proto(done.budgets),
+            usage=usage,
+        )
+
+    async def _commit_usage(self, org: str, rid: str, usage: pb.Usage) -> Committed:
+        """Commit tokens, priced with the reservation's price version and the org's prices."""
         negotiated = await self._negotiated(org)
         done = await self.engine.commit(
             org,
@@ -153,14 +160,7 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
             )
-        return pb.CommitResponse(
-            charged_nanos=done.charged_nanos,
-            released_nanos=done.released_nanos,
-            overage_nanos=done.overage_nanos,
-            late=done.late,
-            budgets=balances_to_proto(done.budgets),
-            usage=usage,
-        )
+        return done
 
     def _prices(self) -> PriceTable:
         if self.prices is None:

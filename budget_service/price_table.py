@@ -19,9 +19,10 @@ import structlog
 from budget_service.errors import InvalidArgument, Unavailable
 from genproto.pricing.v1 import pricing_pb2 as ppb
 from genproto.pricing.v1 import pricing_pb2_grpc
+from pricing_service.convert import catalog_entry
 from pricing_service.fast_estimate import Estimator, compile_estimator
 from pricing_service.names import candidates, provider_hint
-from pricing_service.prices import PER_MILLION_FIELDS, TIER_PRICE_FIELDS, ModelPrice
+from pricing_service.prices import ModelPrice
 
 log = structlog.get_logger(__name__)
 Key = tuple[str, str]  # (provider, model)
@@ -37,31 +38,6 @@ class PricedModel:
     # Integer reserve estimator (same answers as the Decimal one), or None when the price has
     # too many decimals for it.
     estimator: Estimator | None = None
-
-
-def _model_price(message: ppb.ModelPrice) -> ModelPrice:
-    def text(value: str) -> str | None:
-        return value or None
-
-    p = message.prices
-    return ModelPrice.from_dict(
-        {
-            "provider": message.provider,
-            "model": message.model,
-            "aliases": list(message.aliases),
-            "mode": message.mode or "chat",
-            "max_input_tokens": message.max_input_tokens or None,
-            "max_output_tokens": message.max_output_tokens or None,
-            "tiers": [
-                {
-                    "threshold_tokens": t.above_input_tokens,
-                    **{n: text(getattr(t, n)) for n in TIER_PRICE_FIELDS},
-                }
-                for t in p.tiers
-            ],
-            **{n: text(getattr(p, n)) for n in (*PER_MILLION_FIELDS, "request_fee")},
-        }
-    )
 
 
 class PriceTable:
@@ -82,7 +58,7 @@ class PriceTable:
 
     def apply(self, message: ppb.ModelPrice) -> None:
         """Take one price version into the table."""
-        price = _model_price(message)
+        price = catalog_entry(message)
         entry = PricedModel(
             message.version,
             message.effective_from.ToMilliseconds(),
@@ -157,7 +133,11 @@ class PriceTable:
                     async for event in stream:
                         delay = self.retry_seconds  # connected: a later break retries quickly
                         if event.HasField("price"):
-                            self.apply(event.price)
+                            try:
+                                self.apply(event.price)
+                            except InvalidArgument as exc:  # one bad entry must not stop the feed
+                                log.error("prices.bad_version", version=event.price.version,
+                                          error=exc.message)  # fmt: skip
                         if event.caught_up and not self.ready.is_set():
                             self.ready.set()
                             log.info("prices.loaded", version=self.version,

@@ -57,7 +57,7 @@ def _decimal(field: str, text: str) -> str | None:
     return text
 
 
-def _price_fields(field: str, prices: pb.Prices) -> dict[str, Any]:
+def _price_fields(field: str, prices: pb.Prices, *, required: bool = True) -> dict[str, Any]:
     """The price fields and tiers of a Prices message as ModelPrice.from_dict takes them."""
     data: dict[str, Any] = {
         "tiers": [
@@ -73,9 +73,30 @@ def _price_fields(field: str, prices: pb.Prices) -> dict[str, Any]:
     }
     for name in PRICE_FIELDS:
         data[name] = _decimal(f"{field}.{name}", getattr(prices, name))
-    if data["input"] is None or data["output"] is None:
+    if required and (data["input"] is None or data["output"] is None):
         raise InvalidArgument(field, "input and output prices are required")
     return data
+
+
+def _entry(message: pb.ModelPrice, *, required: bool) -> ModelPrice:
+    data: dict[str, Any] = {
+        "provider": message.provider,
+        "model": message.model,
+        "aliases": list(message.aliases),
+        "mode": message.mode or "chat",
+        "max_input_tokens": message.max_input_tokens or None,
+        "max_output_tokens": message.max_output_tokens or None,
+        **_price_fields("price.prices", message.prices, required=required),
+    }
+    try:
+        return ModelPrice.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument("price", str(exc)) from exc
+
+
+def catalog_entry(message: pb.ModelPrice) -> ModelPrice:
+    """A catalog version as WatchPrices sends it (an embedding model may have no output price)."""
+    return _entry(message, required=False)
 
 
 def from_proto(message: pb.ModelPrice) -> ModelPrice:
@@ -84,19 +105,7 @@ def from_proto(message: pb.ModelPrice) -> ModelPrice:
         raise InvalidArgument("price.provider", "is required (e.g. openai)")
     if not message.model:
         raise InvalidArgument("price.model", "is required (e.g. gpt-4o)")
-    data: dict[str, Any] = {
-        "provider": message.provider,
-        "model": message.model,
-        "aliases": list(message.aliases),
-        "mode": message.mode or "chat",
-        "max_input_tokens": message.max_input_tokens or None,
-        "max_output_tokens": message.max_output_tokens or None,
-        **_price_fields("price.prices", message.prices),
-    }
-    try:
-        return ModelPrice.from_dict(data)
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgument("price", str(exc)) from exc
+    return _entry(message, required=True)
 
 
 def explicit_prices_from_proto(field: str, prices: pb.Prices, provider: str,
