@@ -13,7 +13,8 @@ from genproto.budget.v1 import budget_pb2 as pb
 
 COLUMNS = (
     "uid, org, id, selector, limit_nanos, period, timezone, mode, alert_thresholds_percent,"
-    " overdraft_nanos, version, created_at, updated_at"
+    " overdraft_nanos, version, created_at, updated_at, unknown_input_nanos_per_million,"
+    " unknown_output_nanos_per_million"
 )
 
 
@@ -32,7 +33,19 @@ def _row_to_config(row: asyncpg.Record) -> BudgetConfig:
         version=row["version"],
         created_at_ms=int(row["created_at"].timestamp() * 1000),
         updated_at_ms=int(row["updated_at"].timestamp() * 1000),
+        unknown_model_price=(
+            None
+            if row["unknown_input_nanos_per_million"] is None
+            else (row["unknown_input_nanos_per_million"], row["unknown_output_nanos_per_million"])
+        ),
     )
+
+
+def _unknown_model_price(budget: pb.Budget) -> tuple[int | None, int | None]:
+    if not budget.HasField("unknown_model_price"):
+        return None, None
+    price = budget.unknown_model_price
+    return price.input_nanos_per_million, price.output_nanos_per_million
 
 
 def _audit_json(config: BudgetConfig | None) -> str | None:
@@ -66,19 +79,24 @@ class BudgetRepository:
                 budget.mode,
                 list(budget.alert_thresholds_percent),
                 budget.overdraft_nanos,
+                *_unknown_model_price(budget),
             ]
             if before_row is None:
                 row = await conn.fetchrow(
                     "INSERT INTO budgets (org, id, selector, limit_nanos, period, timezone, mode,"
-                    " alert_thresholds_percent, overdraft_nanos, version)"
-                    f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1) RETURNING {COLUMNS}",
+                    " alert_thresholds_percent, overdraft_nanos, unknown_input_nanos_per_million,"
+                    " unknown_output_nanos_per_million, version)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1)"
+                    f" RETURNING {COLUMNS}",
                     *values,
                 )
             else:
                 row = await conn.fetchrow(
                     "UPDATE budgets SET selector = $3, limit_nanos = $4, period = $5,"
                     " timezone = $6, mode = $7, alert_thresholds_percent = $8,"
-                    " overdraft_nanos = $9, version = version + 1, updated_at = now()"
+                    " overdraft_nanos = $9, unknown_input_nanos_per_million = $10,"
+                    " unknown_output_nanos_per_million = $11, version = version + 1,"
+                    " updated_at = now()"
                     f" WHERE org = $1 AND id = $2 RETURNING {COLUMNS}",
                     *values,
                 )

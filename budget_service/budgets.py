@@ -12,6 +12,8 @@ from budget_service.periods import zone
 from genproto.budget.v1 import budget_pb2 as pb
 
 MAX_LIMIT_NANOS = 2**62  # int64 counters then have room for holds and overage on top
+# $1,000 per million tokens: the catalog's own bound for an absurd (unit-mistake) price
+MAX_DEFAULT_PRICE_NANOS_PER_MILLION = 1_000 * 10**9
 DEFAULT_THRESHOLDS = (50, 75, 90, 100)
 MODE_NAMES: dict[int, str] = {pb.MODE_HARD: "hard", pb.MODE_SOFT: "soft", pb.MODE_SHADOW: "shadow"}
 MODES_BY_NAME = {name: mode for mode, name in MODE_NAMES.items()}
@@ -34,6 +36,8 @@ class BudgetConfig:
     version: int
     created_at_ms: int = 0
     updated_at_ms: int = 0
+    # (input, output) nano-USD per million tokens for models without a catalog price; None: refuse
+    unknown_model_price: tuple[int, int] | None = None
     pairs: frozenset[tuple[str, str]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -49,6 +53,7 @@ class BudgetConfig:
 
     def to_json(self) -> str:
         """The form kept in Redis (`ba:{org}:cfg`) for other replicas' caches."""
+        ump = self.unknown_model_price
         return json.dumps(
             {
                 "uid": self.uid,
@@ -64,6 +69,7 @@ class BudgetConfig:
                 "version": self.version,
                 "created": self.created_at_ms,
                 "updated": self.updated_at_ms,
+                **({"ump": [str(ump[0]), str(ump[1])]} if ump else {}),
             },
             separators=(",", ":"),
         )
@@ -71,6 +77,7 @@ class BudgetConfig:
     @classmethod
     def from_json(cls, raw: str) -> BudgetConfig:
         d = json.loads(raw)
+        ump = d.get("ump")
         return cls(
             uid=d["uid"],
             id=d["id"],
@@ -85,6 +92,7 @@ class BudgetConfig:
             version=d["version"],
             created_at_ms=d["created"],
             updated_at_ms=d["updated"],
+            unknown_model_price=(int(ump[0]), int(ump[1])) if ump else None,
         )
 
     def to_proto(self) -> pb.Budget:
@@ -100,6 +108,9 @@ class BudgetConfig:
             overdraft_nanos=self.overdraft_nanos,
             version=self.version,
         )
+        if self.unknown_model_price is not None:
+            budget.unknown_model_price.input_nanos_per_million = self.unknown_model_price[0]
+            budget.unknown_model_price.output_nanos_per_million = self.unknown_model_price[1]
         budget.created_at.FromMilliseconds(self.created_at_ms)
         budget.updated_at.FromMilliseconds(self.updated_at_ms)
         return budget
@@ -143,6 +154,8 @@ def validate_budget(budget: pb.Budget) -> pb.Budget:
             "budget.overdraft_nanos",
             f"is {budget.overdraft_nanos}; use 0 to {MAX_LIMIT_NANOS} nano-USD",
         )
+    if budget.HasField("unknown_model_price"):
+        _check_unknown_model_price(budget.unknown_model_price)
     v.check_enum("budget.period", budget.period, dict(pb.Period.items()))
     v.check_enum("budget.mode", budget.mode, dict(pb.Mode.items()))
     out = pb.Budget()
@@ -163,3 +176,20 @@ def validate_budget(budget: pb.Budget) -> pb.Budget:
     del out.alert_thresholds_percent[:]
     out.alert_thresholds_percent.extend(sorted(set(thresholds)))
     return out
+
+
+def _check_unknown_model_price(price: pb.UnknownModelPrice) -> None:
+    for name in ("input_nanos_per_million", "output_nanos_per_million"):
+        value = getattr(price, name)
+        if not 0 <= value <= MAX_DEFAULT_PRICE_NANOS_PER_MILLION:
+            raise InvalidArgument(
+                f"budget.unknown_model_price.{name}",
+                f"is {value}; use 0 to {MAX_DEFAULT_PRICE_NANOS_PER_MILLION} nano-USD per"
+                " million tokens ($3 per million is 3000000000)",
+            )
+    if price.input_nanos_per_million == 0 and price.output_nanos_per_million == 0:
+        raise InvalidArgument(
+            "budget.unknown_model_price",
+            "prices every token at $0, so unknown models would never count; set"
+            " input_nanos_per_million and/or output_nanos_per_million, or leave it unset",
+        )

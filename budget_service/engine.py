@@ -72,7 +72,7 @@ class Attempt:
     now: int
     uids: str
     periods: list[str | int]
-    price_version: int | None  # None: not known in this process
+    price_ref: str | None  # None: not known in this process
 
 
 @dataclass(frozen=True)
@@ -106,16 +106,16 @@ class Engine:
         self.cache = cache
         self.clock = clock
         self.retention_ms = retention_ms
-        # reservation -> (its budgets' uids, its price version), so a commit on this replica
+        # reservation -> (its budgets' uids, its price ref), so a commit on this replica
         # needs no extra round trip
-        self._memo: dict[tuple[str, str], tuple[str, int]] = {}
+        self._memo: dict[tuple[str, str], tuple[str, str]] = {}
         # orgs this process has put in the sweeper's list (ba:orgs) already
         self._listed_orgs: set[str] = set()
 
-    def _remember(self, org: str, reservation_id: str, uids: str, price_version: int) -> None:
+    def _remember(self, org: str, reservation_id: str, uids: str, price_ref: str) -> None:
         if len(self._memo) > 200_000:
             self._memo.clear()
-        self._memo[(org, reservation_id)] = (uids, price_version)
+        self._memo[(org, reservation_id)] = (uids, price_ref)
 
     async def reserve(
         self,
@@ -127,9 +127,13 @@ class Engine:
         *,
         critical: bool,
         ttl_ms: int,
-        price_version: int = 0,
+        price_ref: str = "0",
     ) -> Reserved:
-        """Hold `amount` on every budget covering the subject, or raise BudgetExceeded."""
+        """Hold `amount` on every budget covering the subject, or raise BudgetExceeded.
+
+        `price_ref` names the price a usage estimate was made with ("0" for an amount); a
+        usage commit is priced with it.
+        """
         if org not in self._listed_orgs:
             await redis_call(self.scripts.client.sadd(keys.ORGS, org))
             self._listed_orgs.add(org)
@@ -147,7 +151,7 @@ class Engine:
                 now,
                 expires,
                 self.retention_ms,
-                price_version,
+                price_ref,
                 len(covering),
             ]
             for b in covering:
@@ -183,7 +187,7 @@ class Engine:
                 raise BudgetExceeded(refusals, amount)
             held, expires_ms, rows = reply[1]
             uids = ",".join(str(b.uid) for b in covering)
-            self._remember(org, reservation_id, uids, price_version)
+            self._remember(org, reservation_id, uids, price_ref)
             return Reserved(int(held), int(expires_ms), _balances(rows))
         raise Unavailable("budget configuration kept changing during the call; retry it")
 
@@ -208,12 +212,12 @@ class Engine:
         it) and checks the config version (STALE: periods were computed from old config); each
         costs one more try, changes nothing, and is bounded.
         """
-        uids, price_version = self._memo.get((org, reservation_id), ("", None))
+        uids, price_ref = self._memo.get((org, reservation_id), ("", None))
         config = await self.cache.get(org)
         for _ in range(ATTEMPTS):
             now = self.clock.now_ms()
             periods = self._periods(config, uids, now)
-            attempt = Attempt(config.version, now, uids, periods, price_version)
+            attempt = Attempt(config.version, now, uids, periods, price_ref)
             reply = await self.scripts.run(
                 name,
                 [
@@ -227,9 +231,9 @@ class Engine:
             if reply[0] == "KEYS":
                 uids = reply[1]
                 if len(reply) > 2:
-                    price_version = int(reply[2])
+                    price_ref = reply[2]
             elif reply[0] == "PV":
-                price_version = int(reply[1])
+                price_ref = reply[1]
             elif reply[0] == "STALE":
                 config = await self.cache.reload(org)
             elif reply[0] == "NOTFOUND":
@@ -243,22 +247,22 @@ class Engine:
         org: str,
         reservation_id: str,
         fingerprint: str,
-        actual: Nanos | Callable[[int], Nanos],
+        actual: Nanos | Callable[[str], Nanos],
     ) -> Committed:
         """Charge `actual`, give back the hold; a retry answers the first commit's result.
 
-        `actual` may be a function of the reservation's price version (a usage commit): it is
-        priced with the version the reserve used, which the script confirms.
+        `actual` may be a function of the reservation's price ref (a usage commit): it is
+        priced with the price the reserve used, which the script confirms.
         """
 
         def args(a: Attempt) -> list[str | int]:
             if callable(actual):
-                if a.price_version is None:  # not known here yet: the script answers it
+                if a.price_ref is None:  # not known here yet: the script answers it
                     amount: Nanos = 0
                     version = "?"
                 else:
-                    amount = actual(a.price_version)
-                    version = str(a.price_version)
+                    amount = actual(a.price_ref)
+                    version = a.price_ref
             else:
                 amount, version = actual, ""
             return [a.config_version, reservation_id, fingerprint, amount, a.now,

@@ -8,12 +8,13 @@ import json
 import structlog
 from google.protobuf import duration_pb2
 
+from budget_service import price_refs
 from budget_service import validation as v
 from budget_service.budgets import subject_pairs
 from budget_service.engine import Balance, Committed, Engine
 from budget_service.errors import FailedPrecondition, InvalidArgument, Unavailable
 from budget_service.org_overrides import OrgOverrides
-from budget_service.price_table import PriceTable
+from budget_service.price_table import PriceTable, UnknownModel
 from budget_service.rpc import Context, rpc
 from budget_service.settings import Settings
 from genproto.budget.v1 import budget_pb2 as pb
@@ -21,6 +22,7 @@ from genproto.budget.v1 import budget_pb2_grpc
 from pricing_service.convert import usage_from_proto, usage_to_proto
 from pricing_service.cost import cost_nanos, reserve_estimate_nanos
 from pricing_service.overrides import PriceOverride, price_for
+from pricing_service.prices import ModelPrice
 from pricing_service.usage_shapes import UsageShapeError, normalize
 
 log = structlog.get_logger(__name__)
@@ -92,9 +94,9 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
         kind = request.WhichOneof("estimate")
         if kind is None:
             raise InvalidArgument("amount_nanos", "is required: the estimated cost in nano-USD")
-        price_version = 0
+        price_ref = price_refs.AMOUNT
         if kind == "usage":
-            amount, price_version = await self._estimate(request.subject, request.usage)
+            amount, price_ref = await self._estimate(request.subject, pairs, request.usage)
         else:
             amount = self._amount("amount_nanos", request.amount_nanos)
         ttl_ms = self._ttl_ms("ttl", request.ttl, request.HasField("ttl"))
@@ -107,13 +109,14 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
             amount,
             critical=request.priority == pb.PRIORITY_CRITICAL,
             ttl_ms=ttl_ms,
-            price_version=price_version,
+            price_ref=price_ref,
         )
         response = pb.ReserveResponse(
             reservation_id=rid,
             reserved_nanos=held.amount_nanos,
             budgets=balances_to_proto(held.budgets),
-            price_version=price_version,
+            price_version=price_refs.catalog_version(price_ref) or 0,
+            unknown_model_price_used=price_refs.is_unknown_model(price_ref),
         )
         response.expires_at.FromMilliseconds(held.expires_at_ms)
         return response
@@ -148,7 +151,7 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
             org,
             rid,
             "u:" + _fingerprint(usage),
-            lambda version: self._charge(version, usage, negotiated),
+            lambda ref: self._charge(ref, usage, negotiated),
         )
         if done.charged_nanos == 0 and (usage.input_tokens or usage.output_tokens):
             # A call that used tokens and cost nothing is how spend goes missing: say so.
@@ -172,20 +175,47 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
     async def _negotiated(self, org: str) -> tuple[PriceOverride, ...]:
         return await self.overrides.get(org) if self.overrides is not None else ()
 
-    async def _estimate(self, subject: pb.Subject, usage: pb.Usage) -> tuple[int, int]:
-        """The hold for a token estimate (the org's negotiated prices applied) and its version."""
+    async def _estimate(
+        self, subject: pb.Subject, pairs: frozenset[tuple[str, str]], usage: pb.Usage
+    ) -> tuple[int, str]:
+        """The hold for a token estimate (the org's negotiated prices applied) and its price ref."""
         if not subject.model:
             raise InvalidArgument("subject.model", "is required to price a usage estimate")
-        entry = self._prices().lookup(subject.model, subject.provider)
-        price = price_for(entry.price, await self._negotiated(subject.org))
         try:
-            if price is entry.price and entry.estimator is not None:  # list price: integer path
+            entry = self._prices().lookup(subject.model, subject.provider)
+        except UnknownModel:
+            fallback = await self._unknown_model_price(subject.org, pairs)
+            if fallback is None:
+                raise
+            return self._estimate_at(price_refs.unknown_model_price(fallback), usage), fallback
+        price = price_for(entry.price, await self._negotiated(subject.org))
+        if price is entry.price and entry.estimator is not None:  # list price: integer path
+            try:
                 amount = entry.estimator(usage.input_tokens, usage.output_tokens)
-            else:
-                amount = reserve_estimate_nanos(price, usage.input_tokens, usage.output_tokens)
+            except ValueError as exc:
+                raise InvalidArgument("usage", str(exc)) from exc
+            return self._amount("usage", amount), price_refs.catalog(entry.version)
+        return self._estimate_at(price, usage), price_refs.catalog(entry.version)
+
+    def _estimate_at(self, price: ModelPrice, usage: pb.Usage) -> int:
+        try:
+            amount = reserve_estimate_nanos(price, usage.input_tokens, usage.output_tokens)
         except ValueError as exc:
             raise InvalidArgument("usage", str(exc)) from exc
-        return self._amount("usage", amount), entry.version
+        return self._amount("usage", amount)
+
+    async def _unknown_model_price(self, org: str, pairs: frozenset[tuple[str, str]]) -> str | None:
+        """The price ref of the covering budgets' unknown_model_price, if any opts in.
+
+        Before refusing, the org's configuration is read again: a budget that opted in through
+        another replica a moment ago must count.
+        """
+        config = await self.engine.cache.get(org)
+        price = price_refs.highest_unknown_model_price(config.covering(pairs))
+        if price is None:
+            config = await self.engine.cache.reload(org)
+            price = price_refs.highest_unknown_model_price(config.covering(pairs))
+        return None if price is None else price_refs.unknown_model(price)
 
     def _usage(self, request: pb.CommitRequest) -> pb.Usage:
         if request.WhichOneof("actual") == "usage":
@@ -201,17 +231,21 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
         return usage_to_proto(shaped)
 
     def _charge(
-        self, price_version: int, usage: pb.Usage, negotiated: tuple[PriceOverride, ...]
+        self, price_ref: str, usage: pb.Usage, negotiated: tuple[PriceOverride, ...]
     ) -> int:
-        """The actual cost of `usage` at the reservation's price version (and org's prices)."""
-        if price_version == 0:
+        """The actual cost of `usage` at the reservation's price (and the org's prices)."""
+        if price_ref == price_refs.AMOUNT:
             raise FailedPrecondition(
                 "the reservation was made with amount_nanos, so it has no price to charge tokens"
                 " with; commit with actual_nanos (or reserve with usage)"
             )
-        entry = self._prices().by_version(price_version)
+        version = price_refs.catalog_version(price_ref)
+        if version is None:  # a budget's unknown_model_price: no negotiated discount applies
+            price = price_refs.unknown_model_price(price_ref)
+        else:
+            price = price_for(self._prices().by_version(version).price, negotiated)
         try:
-            cost = cost_nanos(price_for(entry.price, negotiated), usage_from_proto("usage", usage))
+            cost = cost_nanos(price, usage_from_proto("usage", usage))
         except ValueError as exc:
             raise InvalidArgument("usage", str(exc)) from exc
         return self._amount("usage", cost)

@@ -28,6 +28,10 @@ log = structlog.get_logger(__name__)
 Key = tuple[str, str]  # (provider, model)
 
 
+class UnknownModel(InvalidArgument):
+    """The catalog has no price for the model (a covering budget may opt in to a default)."""
+
+
 @dataclass(frozen=True)
 class PricedModel:
     """One price version of one model."""
@@ -108,10 +112,11 @@ class PriceTable:
                     " set subject.provider",
                 )
             return self._current(exact.pop(), now)
-        raise InvalidArgument(
+        raise UnknownModel(
             "subject.model",
             f"model {model!r} has no price; add one with PricingService/UpsertPrice (or a"
-            " source in PRICING_SOURCE_URLS), or reserve with amount_nanos",
+            " source in PRICING_SOURCE_URLS), give a covering budget an unknown_model_price,"
+            " or reserve with amount_nanos",
         )
 
     def _current(self, key: Key, now: int) -> tuple[PricedModel, float]:

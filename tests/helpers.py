@@ -90,3 +90,13 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
             detail.Unpack(info)
             return info
     raise AssertionError("no ErrorInfo detail")
+
+
+def bad_field(error: grpc.aio.AioRpcError) -> str:
+    """The field an INVALID_ARGUMENT's BadRequest detail names."""
+    for detail in rich_status(error).details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            request = error_details_pb2.BadRequest()
+            detail.Unpack(request)
+            return str(request.field_violations[0].field)
+    raise AssertionError("no BadRequest detail")

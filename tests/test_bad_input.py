@@ -5,21 +5,11 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2
 
 from genproto.budget.v1 import budget_pb2 as pb
-from tests.helpers import reserve, rich_status, status, upsert, usd
+from tests.helpers import bad_field, reserve, status, upsert, usd
 
 ORG = "badinput-org"
-
-
-def bad_field(error: grpc.aio.AioRpcError) -> str:
-    for detail in rich_status(error).details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            request = error_details_pb2.BadRequest()
-            detail.Unpack(request)
-            return str(request.field_violations[0].field)
-    raise AssertionError("no BadRequest detail")
 
 
 def reserve_request(**overrides: object) -> pb.ReserveRequest:

@@ -10,10 +10,13 @@ from decimal import Decimal
 import grpc
 import pytest
 
+from budget_service import server
 from genproto.budget.v1 import budget_pb2 as pb
+from genproto.budget.v1 import budget_pb2_grpc
 from genproto.pricing.v1 import pricing_pb2 as ppb
 from genproto.pricing.v1 import pricing_pb2_grpc
-from tests.helpers import rid, status, upsert, usd
+from tests.conftest import service_settings
+from tests.helpers import bad_field, rid, status, upsert, usd
 
 
 @pytest.fixture(scope="session")
@@ -124,6 +127,81 @@ async def test_unknown_model_is_refused_never_priced_at_zero(budgets, admin, org
     assert "no-such-model-x" in (refused.value.details() or "")
     assert "UpsertPrice" in (refused.value.details() or "")
     assert (await status(admin, org, "cap")).reserved_nanos == 0
+
+
+def fallback(input_usd_per_million: int, output_usd_per_million: int) -> pb.UnknownModelPrice:
+    return pb.UnknownModelPrice(
+        input_nanos_per_million=input_usd_per_million * 10**9,
+        output_nanos_per_million=output_usd_per_million * 10**9,
+    )
+
+
+async def test_budget_opted_in_prices_unknown_models_at_the_highest_covering_default(
+    stack, pricing_app, budgets, admin, org
+):
+    await upsert(admin, org, "cap", usd("100"), unknown_model_price=fallback(2, 8))
+    await upsert(admin, org, "search", usd("100"), selector={"team": "search"},
+                 unknown_model_price=fallback(1, 10))  # fmt: skip
+    subject = pb.Subject(org=org, team="search", model="in-house-llm-7")
+    held = await budgets.Reserve(pb.ReserveRequest(
+        reservation_id=rid(), subject=subject,
+        usage=pb.Usage(input_tokens=1000, output_tokens=500)))  # fmt: skip
+    # the highest rates of the opted-in budgets: $2/M input (cap), $10/M output (search)
+    assert held.reserved_nanos == 1000 * 2_000 + 500 * 10_000
+    assert held.unknown_model_price_used and held.price_version == 0
+    # a change of the default after the reserve does not reprice it; neither does the replica
+    await upsert(admin, org, "cap", usd("100"), unknown_model_price=fallback(50, 50))
+    other = await server.start(
+        service_settings(stack, pricing_addr=f"127.0.0.1:{pricing_app.port}")
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{other.port}") as ch:
+            done = await budget_pb2_grpc.BudgetServiceStub(ch).Commit(pb.CommitRequest(
+                org=org, reservation_id=held.reservation_id,
+                usage=pb.Usage(input_tokens=1000, cached_input_tokens=600, output_tokens=200,
+                               reasoning_tokens=50)))  # fmt: skip
+    finally:
+        await other.stop()
+    # cached input at the input rate, reasoning at the output rate
+    assert done.charged_nanos == 1000 * 2_000 + 200 * 10_000
+    assert (await status(admin, org, "search")).spent_nanos == done.charged_nanos
+    assert (await status(admin, org, "cap")).reserved_nanos == 0
+
+
+async def test_unknown_model_price_leaves_catalog_models_and_other_subjects_alone(
+    budgets, admin, org
+):
+    await upsert(admin, org, "cap", usd("100"))
+    await upsert(admin, org, "labs", usd("100"), selector={"team": "labs"},
+                 unknown_model_price=fallback(1, 1))  # fmt: skip
+    known = await budgets.Reserve(pb.ReserveRequest(
+        reservation_id=rid(), subject=pb.Subject(org=org, team="labs", model="gpt-4o"),
+        usage=pb.Usage(input_tokens=10, output_tokens=10)))  # fmt: skip
+    assert known.price_version > 0 and not known.unknown_model_price_used
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # "labs" does not cover team "ops"
+        await budgets.Reserve(pb.ReserveRequest(
+            reservation_id=rid(), subject=pb.Subject(org=org, team="ops", model="in-house-llm-7"),
+            usage=pb.Usage(input_tokens=10, output_tokens=10)))  # fmt: skip
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown_model_price" in (refused.value.details() or "")
+
+
+async def test_unknown_model_price_round_trips_and_is_validated(admin, org):
+    saved = await upsert(admin, org, "cap", usd("1"), unknown_model_price=fallback(3, 15))
+    got = await admin.GetBudget(pb.GetBudgetRequest(org=org, budget_id="cap"))
+    assert got.unknown_model_price == saved.unknown_model_price == fallback(3, 15)
+    cleared = await upsert(admin, org, "cap", usd("1"))
+    assert not cleared.HasField("unknown_model_price")
+    for bad, field in [
+        (pb.UnknownModelPrice(), "budget.unknown_model_price"),
+        (pb.UnknownModelPrice(input_nanos_per_million=-1, output_nanos_per_million=5),
+         "budget.unknown_model_price.input_nanos_per_million"),
+        (fallback(1, 5000), "budget.unknown_model_price.output_nanos_per_million"),
+    ]:  # fmt: skip
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await upsert(admin, org, "cap", usd("1"), unknown_model_price=bad)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_field(refused.value) == field
 
 
 async def test_usage_commit_of_an_amount_reservation_is_refused(budgets, admin, org):

@@ -12,7 +12,7 @@ local critical = ARGV[5] == '1'
 local now_ms = ARGV[6]
 local expires_ms = ARGV[7]
 local retention_ms = tonumber(ARGV[8])
-local price_version = ARGV[9]  -- '0' for an amount estimate
+local price_version = ARGV[9]  -- price ref (budget_service/price_refs.py); '0' for an amount
 local n = tonumber(ARGV[10])
 -- ARGV[9 + 2i], ARGV[10 + 2i]: uid and current period start of budget i (1-based)
 

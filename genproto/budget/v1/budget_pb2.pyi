@@ -145,18 +145,20 @@ class ReserveRequest(_message.Message):
     def __init__(self, reservation_id: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ..., amount_nanos: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
-    __slots__ = ("reservation_id", "reserved_nanos", "expires_at", "budgets", "price_version")
+    __slots__ = ("reservation_id", "reserved_nanos", "expires_at", "budgets", "price_version", "unknown_model_price_used")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVED_NANOS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     BUDGETS_FIELD_NUMBER: _ClassVar[int]
     PRICE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_MODEL_PRICE_USED_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     reserved_nanos: int
     expires_at: _timestamp_pb2.Timestamp
     budgets: _containers.RepeatedCompositeFieldContainer[BudgetBalance]
     price_version: int
-    def __init__(self, reservation_id: _Optional[str] = ..., reserved_nanos: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., budgets: _Optional[_Iterable[_Union[BudgetBalance, _Mapping]]] = ..., price_version: _Optional[int] = ...) -> None: ...
+    unknown_model_price_used: bool
+    def __init__(self, reservation_id: _Optional[str] = ..., reserved_nanos: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., budgets: _Optional[_Iterable[_Union[BudgetBalance, _Mapping]]] = ..., price_version: _Optional[int] = ..., unknown_model_price_used: _Optional[bool] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
     __slots__ = ("org", "reservation_id", "actual_nanos", "usage", "provider_usage_json")
@@ -237,7 +239,7 @@ class ExtendResponse(_message.Message):
     def __init__(self, expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Budget(_message.Message):
-    __slots__ = ("id", "org", "selector", "limit_nanos", "period", "timezone", "mode", "alert_thresholds_percent", "overdraft_nanos", "version", "created_at", "updated_at")
+    __slots__ = ("id", "org", "selector", "limit_nanos", "period", "timezone", "mode", "alert_thresholds_percent", "overdraft_nanos", "version", "created_at", "updated_at", "unknown_model_price")
     class SelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +259,7 @@ class Budget(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_MODEL_PRICE_FIELD_NUMBER: _ClassVar[int]
     id: str
     org: str
     selector: _containers.ScalarMap[str, str]
@@ -269,7 +272,16 @@ class Budget(_message.Message):
     version: int
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., org: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., limit_nanos: _Optional[int] = ..., period: _Optional[_Union[Period, str]] = ..., timezone: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ..., alert_thresholds_percent: _Optional[_Iterable[int]] = ..., overdraft_nanos: _Optional[int] = ..., version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    unknown_model_price: UnknownModelPrice
+    def __init__(self, id: _Optional[str] = ..., org: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., limit_nanos: _Optional[int] = ..., period: _Optional[_Union[Period, str]] = ..., timezone: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ..., alert_thresholds_percent: _Optional[_Iterable[int]] = ..., overdraft_nanos: _Optional[int] = ..., version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unknown_model_price: _Optional[_Union[UnknownModelPrice, _Mapping]] = ...) -> None: ...
+
+class UnknownModelPrice(_message.Message):
+    __slots__ = ("input_nanos_per_million", "output_nanos_per_million")
+    INPUT_NANOS_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_NANOS_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    input_nanos_per_million: int
+    output_nanos_per_million: int
+    def __init__(self, input_nanos_per_million: _Optional[int] = ..., output_nanos_per_million: _Optional[int] = ...) -> None: ...
 
 class UpsertBudgetRequest(_message.Message):
     __slots__ = ("budget",)
