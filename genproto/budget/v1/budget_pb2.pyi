@@ -370,7 +370,7 @@ class GetSpendReportRequest(_message.Message):
     def __init__(self, org: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ...) -> None: ...
 
 class SpendRow(_message.Message):
-    __slots__ = ("group", "bucket_start", "cost_nanos", "requests", "input_tokens", "output_tokens")
+    __slots__ = ("group", "bucket_start", "cost_nanos", "requests", "input_tokens", "output_tokens", "cost_per_request_nanos", "share_basis_points")
     class GroupEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -384,20 +384,30 @@ class SpendRow(_message.Message):
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_REQUEST_NANOS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_BASIS_POINTS_FIELD_NUMBER: _ClassVar[int]
     group: _containers.ScalarMap[str, str]
     bucket_start: _timestamp_pb2.Timestamp
     cost_nanos: int
     requests: int
     input_tokens: int
     output_tokens: int
-    def __init__(self, group: _Optional[_Mapping[str, str]] = ..., bucket_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cost_nanos: _Optional[int] = ..., requests: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
+    cost_per_request_nanos: int
+    share_basis_points: int
+    def __init__(self, group: _Optional[_Mapping[str, str]] = ..., bucket_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cost_nanos: _Optional[int] = ..., requests: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cost_per_request_nanos: _Optional[int] = ..., share_basis_points: _Optional[int] = ...) -> None: ...
 
 class SpendReport(_message.Message):
-    __slots__ = ("rows", "total_cost_nanos", "total_requests")
+    __slots__ = ("rows", "total_cost_nanos", "total_requests", "total_input_tokens", "total_output_tokens", "cost_per_request_nanos")
     ROWS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_COST_NANOS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_REQUEST_NANOS_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[SpendRow]
     total_cost_nanos: int
     total_requests: int
-    def __init__(self, rows: _Optional[_Iterable[_Union[SpendRow, _Mapping]]] = ..., total_cost_nanos: _Optional[int] = ..., total_requests: _Optional[int] = ...) -> None: ...
+    total_input_tokens: int
+    total_output_tokens: int
+    cost_per_request_nanos: int
+    def __init__(self, rows: _Optional[_Iterable[_Union[SpendRow, _Mapping]]] = ..., total_cost_nanos: _Optional[int] = ..., total_requests: _Optional[int] = ..., total_input_tokens: _Optional[int] = ..., total_output_tokens: _Optional[int] = ..., cost_per_request_nanos: _Optional[int] = ...) -> None: ...
