@@ -6,6 +6,8 @@ answer; every check and every change happens inside one atomic Lua script (scrip
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,7 @@ from budget_service.periods import bounds_ms
 from budget_service.store import Scripts, redis_call
 
 Nanos = int
+RELIST_SECONDS = 30.0
 ATTEMPTS = 3  # a stale config or an unknown key list costs one more try; three is plenty
 
 
@@ -109,8 +112,9 @@ class Engine:
         # reservation -> (its budgets' uids, its price ref), so a commit on this replica
         # needs no extra round trip
         self._memo: dict[tuple[str, str], tuple[str, str]] = {}
-        # orgs this process has put in the sweeper's list (ba:orgs) already
-        self._listed_orgs: set[str] = set()
+        # orgs this process has put in the sweeper's and ledger writer's list (ba:orgs), and
+        # when: re-added after a while, so a list lost with Redis's data comes back
+        self._listed_orgs: dict[str, float] = {}
 
     def _remember(self, org: str, reservation_id: str, uids: str, price_ref: str) -> None:
         if len(self._memo) > 200_000:
@@ -134,10 +138,12 @@ class Engine:
         `price_ref` names the price a usage estimate was made with ("0" for an amount); a
         usage commit is priced with it.
         """
-        if org not in self._listed_orgs:
+        listed = self._listed_orgs.get(org)
+        if listed is None or time.monotonic() - listed > RELIST_SECONDS:
             await redis_call(self.scripts.client.sadd(keys.ORGS, org))
-            self._listed_orgs.add(org)
+            self._listed_orgs[org] = time.monotonic()
         config = await self.cache.get(org)
+        subject = subject_json(pairs)
         for _ in range(ATTEMPTS):
             now = self.clock.now_ms()
             expires = now + ttl_ms
@@ -152,6 +158,7 @@ class Engine:
                 expires,
                 self.retention_ms,
                 price_ref,
+                subject,
                 len(covering),
             ]
             for b in covering:
@@ -162,6 +169,7 @@ class Engine:
                     keys.config(org),
                     keys.reservation(org, reservation_id),
                     keys.expiries(org),
+                    keys.ledger(org),
                     *(keys.budget(org, b.uid) for b in covering),
                 ],
                 args,
@@ -248,6 +256,9 @@ class Engine:
         reservation_id: str,
         fingerprint: str,
         actual: Nanos | Callable[[str], Nanos],
+        *,
+        usage: dict[str, int] | None = None,
+        latency_ms: int = 0,
     ) -> Committed:
         """Charge `actual`, give back the hold; a retry answers the first commit's result.
 
@@ -266,9 +277,13 @@ class Engine:
             else:
                 amount, version = actual, ""
             return [a.config_version, reservation_id, fingerprint, amount, a.now,
-                    self.retention_ms, a.uids, version, len(a.periods), *a.periods]  # fmt: skip
+                    self.retention_ms, a.uids, version, usage_json, latency_ms or "",
+                    len(a.periods), *a.periods]  # fmt: skip
 
-        reply = await self._priced_script("commit", org, reservation_id, [keys.expiries(org)], args)
+        usage_json = json.dumps(usage, separators=(",", ":")) if usage else ""
+        reply = await self._priced_script(
+            "commit", org, reservation_id, [keys.expiries(org), keys.ledger(org)], args
+        )
         if reply[0] == "MISMATCH":
             raise IdempotencyConflict(
                 f"reservation {reservation_id!r} was already committed with a different"
@@ -311,17 +326,15 @@ class Engine:
         uids = self._memo.get((org, reservation_id), ("", 0))[0]
         for _ in range(ATTEMPTS):
             now = self.clock.now_ms()
-            head: list[str | int] = [reservation_id]
-            if name == "expire":
-                head.append(now)
             reply = await self.scripts.run(
                 name,
                 [
                     keys.reservation(org, reservation_id),
                     keys.expiries(org),
+                    keys.ledger(org),
                     *(keys.budget(org, u) for u in _split(uids)),
                 ],
-                [*head, self.retention_ms, uids, len(_split(uids))],
+                [reservation_id, now, self.retention_ms, uids, len(_split(uids))],
             )
             if reply[0] == "KEYS":
                 uids = reply[1]
@@ -337,13 +350,15 @@ class Engine:
             "refund",
             org,
             reservation_id,
-            [],
+            [keys.ledger(org)],
             lambda a: [
                 a.config_version,
                 refund_id,
                 amount,
+                a.now,
                 self.retention_ms,
                 a.uids,
+                reservation_id,
                 len(a.periods),
                 *a.periods,
             ],
@@ -375,6 +390,11 @@ class Engine:
                 f"reservation {reservation_id!r} is {reply[1]}; only a live hold can be extended"
             )
         return int(reply[1])
+
+
+def subject_json(pairs: frozenset[tuple[str, str]]) -> str:
+    """The subject's selector pairs as the ledger records them: {"team": "x", "tag:env": "y"}."""
+    return json.dumps(dict(sorted(pairs)), separators=(",", ":"))
 
 
 def _split(uids: str) -> list[str]:

@@ -28,6 +28,7 @@ from pricing_service.usage_shapes import UsageShapeError, normalize
 log = structlog.get_logger(__name__)
 
 PRIORITIES = dict(pb.Priority.items())
+MAX_LATENCY_MS = 86_400_000
 
 
 def _fingerprint(message: object) -> str:
@@ -128,13 +129,18 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
         kind = request.WhichOneof("actual")
         if kind is None:
             raise InvalidArgument("actual_nanos", "is required: the actual cost in nano-USD")
+        latency_ms = request.latency_ms
+        if not 0 <= latency_ms <= MAX_LATENCY_MS:
+            raise InvalidArgument(
+                "latency_ms", f"is {latency_ms}; use 0 (not given) to {MAX_LATENCY_MS} ms"
+            )
         usage: pb.Usage | None = None
         if kind == "actual_nanos":
             actual = self._amount("actual_nanos", request.actual_nanos)
-            done = await self.engine.commit(org, rid, str(actual), actual)
+            done = await self.engine.commit(org, rid, str(actual), actual, latency_ms=latency_ms)
         else:
             usage = self._usage(request)
-            done = await self._commit_usage(org, rid, usage)
+            done = await self._commit_usage(org, rid, usage, latency_ms)
         return pb.CommitResponse(
             charged_nanos=done.charged_nanos,
             released_nanos=done.released_nanos,
@@ -144,7 +150,9 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
             usage=usage,
         )
 
-    async def _commit_usage(self, org: str, rid: str, usage: pb.Usage) -> Committed:
+    async def _commit_usage(
+        self, org: str, rid: str, usage: pb.Usage, latency_ms: int
+    ) -> Committed:
         """Commit tokens, priced with the reservation's price version and the org's prices."""
         negotiated = await self._negotiated(org)
         done = await self.engine.commit(
@@ -152,6 +160,8 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
             rid,
             "u:" + _fingerprint(usage),
             lambda ref: self._charge(ref, usage, negotiated),
+            usage={f.name: value for f, value in usage.ListFields()},
+            latency_ms=latency_ms,
         )
         if done.charged_nanos == 0 and (usage.input_tokens or usage.output_tokens):
             # A call that used tokens and cost nothing is how spend goes missing: say so.

@@ -8,6 +8,7 @@ are validated (budget_service/validation.py) so they can never contain `{` or `}
     ba:{org}:b:<uid>      hash   one budget's limit, overdraft, mode and period counters
     ba:{org}:r:<id>       hash   one reservation: state, amount, budgets, expiry, answers
     ba:{org}:exp          zset   held reservation ids scored by expiry (ms), for the sweeper
+    ba:{org}:ledger       stream the outbox: every money event, drained into PostgreSQL
     ba:orgs               set    orgs that have budgets (the sweeper's list; not per slot)
 """
 
@@ -34,3 +35,8 @@ def reservation(org: str, reservation_id: str) -> str:
 def expiries(org: str) -> str:
     """The org's held reservations by expiry."""
     return f"ba:{{{org}}}:exp"
+
+
+def ledger(org: str) -> str:
+    """The org's ledger outbox stream."""
+    return f"ba:{{{org}}}:ledger"

@@ -24,6 +24,7 @@ from budget_service.config_sync import ConfigSync
 from budget_service.engine import Engine
 from budget_service.errors import ConfigError
 from budget_service.handlers import BudgetService
+from budget_service.ledger_writer import LedgerWriter
 from budget_service.org_overrides import OrgOverrides
 from budget_service.periodic import Periodic
 from budget_service.price_table import PriceTable
@@ -50,6 +51,7 @@ class App:
     pool: asyncpg.Pool
     engine: Engine
     background: list[Periodic]
+    ledger: LedgerWriter
     prices: PriceTable
     budget_service: BudgetService
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
@@ -146,11 +148,21 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
             "config-reconcile", settings.config_reconcile_seconds, lambda: sync.reconcile(repo)
         ),
     ]
+    ledger = LedgerWriter(
+        redis,
+        pool,
+        batch_size=settings.ledger_batch_size,
+        claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000),
+    )
+    if settings.ledger_writer:
+        background.append(
+            Periodic("ledger-writer", settings.ledger_poll_seconds, ledger.drain_once)
+        )
     for job in background:
         job.start()
     host = settings.budget_addr.rsplit(":", 1)[0]
     log.info("server.started", addr=f"{host}:{port}")
     return App(
-        settings, server, port, redis, pool, engine, background, prices, budget_service,
+        settings, server, port, redis, pool, engine, background, ledger, prices, budget_service,
         health_servicer,
     )  # fmt: skip

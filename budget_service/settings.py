@@ -53,6 +53,19 @@ class Settings:
         "REDIS_TIMEOUT_SECONDS", 0.5, "connect and command timeout; past it calls fail closed"
     )
     redis_pool_size: int = _env("REDIS_POOL_SIZE", 128, "connections to Redis per process")
+    ledger_writer: bool = _env(
+        "LEDGER_WRITER", True, "drain the ledger outbox into PostgreSQL in this process"
+    )
+    ledger_poll_seconds: float = _env(
+        "LEDGER_POLL_SECONDS", 0.1, "how often the ledger writer looks for new events"
+    )
+    ledger_batch_size: int = _env("LEDGER_BATCH_SIZE", 1000, "events per PostgreSQL transaction")
+    ledger_claim_idle_seconds: float = _env(
+        "LEDGER_CLAIM_IDLE_SECONDS", 30.0, "a dead writer's unacknowledged events are taken after"
+    )
+    ledger_reconcile_seconds: float = _env(
+        "LEDGER_RECONCILE_SECONDS", 300.0, "how often Redis counters are compared with the ledger"
+    )
     shutdown_grace_seconds: float = _env(
         "SHUTDOWN_GRACE_SECONDS", 10.0, "how long in-flight calls may finish on shutdown"
     )
@@ -67,7 +80,8 @@ class Settings:
                 " <= MAX_TTL_SECONDS"
             )
         for name in ("sweep_interval_seconds", "config_reconcile_seconds",
-                     "redis_timeout_seconds"):  # fmt: skip
+                     "redis_timeout_seconds", "ledger_poll_seconds", "ledger_batch_size",
+                     "ledger_claim_idle_seconds", "ledger_reconcile_seconds"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be greater than 0")
         if self.log_format not in ("json", "console"):

@@ -3,7 +3,8 @@
 local cfg_key = KEYS[1]
 local res_key = KEYS[2]
 local exp_key = KEYS[3]
--- KEYS[4..] budget state hashes of the reservation, in the order of its uids
+local ledger_key = KEYS[4]
+-- KEYS[5..] budget state hashes of the reservation, in the order of its uids
 
 local cfg_version = ARGV[1]
 local reservation_id = ARGV[2]
@@ -14,10 +15,13 @@ local retention_ms = ARGV[6]
 local uids = ARGV[7]
 -- The price version `actual` was priced with: '' for an amount commit, '?' to ask for it.
 local price_version = ARGV[8]
-local n = tonumber(ARGV[9])
--- ARGV[9 + i]: current period start of budget i
+local usage = ARGV[9]  -- the tokens as JSON ('' for an amount commit), for the ledger
+local latency_ms = ARGV[10]
+local n = tonumber(ARGV[11])
+-- ARGV[11 + i]: current period start of budget i
 
-local r = redis.call('HMGET', res_key, 'state', 'amount', 'uids', 'exp', 'cfp', 'cres', 'pv')
+local r = redis.call('HMGET', res_key, 'state', 'amount', 'uids', 'exp', 'cfp', 'cres', 'pv',
+  'created', 'subj')
 local reserved_pv = r[7] or '0'
 local state = r[1]
 if not state then return reply({'NOTFOUND'}) end
@@ -37,14 +41,19 @@ local held = state == 'held'
 local late = now_ms >= tonumber(r[4])
 local balances = {}
 local commit_periods = {}
+local uid_list = split_commas(uids)
+local unheld = '0'
+if held then unheld = '-' .. hold end
+local effects = {}
 for i = 1, n do
-  local b = read_budget(KEYS[3 + i], ARGV[9 + i])
+  local b = read_budget(KEYS[4 + i], ARGV[11 + i])
   if b then
     write_reset(b)
     incr(b, 'spent', actual)
     if held then unhold_budget(b, hold) end
     balances[#balances + 1] = balance(b, false)
     commit_periods[i] = b.pstart
+    effects[#effects + 1] = uid_list[i] .. ':' .. b.pstart .. ':' .. actual .. ':' .. unheld
   else
     commit_periods[i] = '-'
   end
@@ -56,4 +65,7 @@ redis.call('HSET', res_key, 'state', 'committed', 'charged', actual, 'refunded',
   'cfp', fingerprint, 'cps', table.concat(commit_periods, ','), 'cres', encoded)
 redis.call('PEXPIRE', res_key, retention_ms)
 redis.call('ZREM', exp_key, reservation_id)
+outbox(ledger_key, {'t', 'commit', 'rid', reservation_id, 'c', r[8] or '0', 'ts', ARGV[5],
+  'amt', actual, 'rel', released, 'late', late and '1' or '0', 'pv', reserved_pv,
+  'subj', r[9] or '{}', 'usage', usage, 'lat', latency_ms}, effects)
 return ok_reply(encoded)

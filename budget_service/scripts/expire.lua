@@ -1,7 +1,8 @@
 -- Release a hold whose caller vanished: run by the sweeper for reservations past their expiry.
 local res_key = KEYS[1]
 local exp_key = KEYS[2]
--- KEYS[3..] budget state hashes of the reservation, in the order of its uids
+local ledger_key = KEYS[3]
+-- KEYS[4..] budget state hashes of the reservation, in the order of its uids
 
 local reservation_id = ARGV[1]
 local now_ms = tonumber(ARGV[2])
@@ -9,7 +10,7 @@ local retention_ms = ARGV[3]
 local uids = ARGV[4]
 local n = tonumber(ARGV[5])
 
-local r = redis.call('HMGET', res_key, 'state', 'amount', 'uids', 'exp')
+local r = redis.call('HMGET', res_key, 'state', 'amount', 'uids', 'exp', 'created', 'subj')
 local state = r[1]
 if state ~= 'held' then
   -- Already ended (or its record is gone): only the index entry is left to drop.
@@ -20,12 +21,17 @@ if tonumber(r[4]) > now_ms then return reply({'NOTDUE'}) end
 if r[3] ~= uids then return reply({'KEYS', r[3]}) end
 
 local hold = r[2]
+local uid_list = split_commas(uids)
+local effects = {}
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[2 + i]) == 1 then
-    unhold(KEYS[2 + i], hold)
+  if redis.call('EXISTS', KEYS[3 + i]) == 1 then
+    unhold(KEYS[3 + i], hold)
+    if hold ~= '0' then effects[#effects + 1] = uid_list[i] .. ':0:0:-' .. hold end
   end
 end
 redis.call('HSET', res_key, 'state', 'expired', 'expired_at', ARGV[2])
 redis.call('PEXPIRE', res_key, retention_ms)
 redis.call('ZREM', exp_key, reservation_id)
+outbox(ledger_key, {'t', 'expire', 'rid', reservation_id, 'c', r[5] or '0', 'ts', ARGV[2],
+  'amt', hold, 'subj', r[6] or '{}'}, effects)
 return reply({'OK', hold})

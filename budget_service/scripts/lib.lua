@@ -92,6 +92,21 @@ local function stale_config(cfg_key, cfg_version)
   return current ~= cfg_version
 end
 
+-- The outbox: append an event to the org's ledger stream in the same atomic step as the change
+-- it records, so counters and the ledger cannot disagree (budget_service/ledger_writer.py
+-- drains it into PostgreSQL). `effects` lists 'uid:period_start:spent_delta:reserved_delta'.
+local function outbox(stream_key, fields, effects)
+  fields[#fields + 1] = 'fx'
+  fields[#fields + 1] = table.concat(effects, ',')
+  redis.call('XADD', stream_key, '*', unpack(fields))
+end
+
+local function split_commas(s)
+  local out = {}
+  for part in string.gmatch(s or '', '[^,]+') do out[#out + 1] = part end
+  return out
+end
+
 local function reply(t)
   return cjson.encode(t)
 end

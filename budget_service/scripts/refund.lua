@@ -3,18 +3,21 @@
 -- a refund of a closed period's charge changes no current counter.
 local cfg_key = KEYS[1]
 local res_key = KEYS[2]
--- KEYS[3..] budget state hashes of the reservation, in the order of its uids
+local ledger_key = KEYS[3]
+-- KEYS[4..] budget state hashes of the reservation, in the order of its uids
 
 local cfg_version = ARGV[1]
 local refund_id = ARGV[2]
 local amount = tonumber(ARGV[3])
-local retention_ms = ARGV[4]
-local uids = ARGV[5]
-local n = tonumber(ARGV[6])
--- ARGV[6 + i]: current period start of budget i
+local now_ms = ARGV[4]
+local retention_ms = ARGV[5]
+local uids = ARGV[6]
+local reservation_id = ARGV[7]
+local n = tonumber(ARGV[8])
+-- ARGV[8 + i]: current period start of budget i
 
 local r = redis.call('HMGET', res_key, 'state', 'uids', 'charged', 'refunded', 'cps',
-  'rf:' .. refund_id)
+  'rf:' .. refund_id, 'created', 'subj', 'pv')
 local state = r[1]
 if not state then return reply({'NOTFOUND'}) end
 if r[6] then
@@ -31,15 +34,19 @@ local give = amount
 if give > left then give = left end
 local give_s = string.format('%d', give)
 if give > 0 then
-  local periods = {}
-  for p in string.gmatch(r[5], '[^,]+') do periods[#periods + 1] = p end
+  local periods = split_commas(r[5])
+  local uid_list = split_commas(uids)
+  local effects = {}
   for i = 1, n do
-    local b = read_budget(KEYS[2 + i], ARGV[6 + i])
+    local b = read_budget(KEYS[3 + i], ARGV[8 + i])
     if b and not b.reset and periods[i] == b.pstart then
       redis.call('HINCRBY', b.key, 'spent', '-' .. give_s)
+      effects[#effects + 1] = uid_list[i] .. ':' .. b.pstart .. ':-' .. give_s .. ':0'
     end
   end
   redis.call('HINCRBY', res_key, 'refunded', give_s)
+  outbox(ledger_key, {'t', 'refund', 'rid', reservation_id, 'c', r[7] or '0', 'ts', now_ms,
+    'rfid', refund_id, 'amt', give_s, 'pv', r[9] or '0', 'subj', r[8] or '{}'}, effects)
 end
 redis.call('HSET', res_key, 'rf:' .. refund_id, ARGV[3] .. ':' .. give_s)
 redis.call('PEXPIRE', res_key, retention_ms)

@@ -1,14 +1,16 @@
 -- Void a hold: the call failed and costs nothing.
 local res_key = KEYS[1]
 local exp_key = KEYS[2]
--- KEYS[3..] budget state hashes of the reservation, in the order of its uids
+local ledger_key = KEYS[3]
+-- KEYS[4..] budget state hashes of the reservation, in the order of its uids
 
 local reservation_id = ARGV[1]
-local retention_ms = ARGV[2]
-local uids = ARGV[3]
-local n = tonumber(ARGV[4])
+local now_ms = ARGV[2]
+local retention_ms = ARGV[3]
+local uids = ARGV[4]
+local n = tonumber(ARGV[5])
 
-local r = redis.call('HMGET', res_key, 'state', 'amount', 'uids', 'released')
+local r = redis.call('HMGET', res_key, 'state', 'amount', 'uids', 'released', 'created', 'subj')
 local state = r[1]
 if not state then return reply({'NOTFOUND'}) end
 if state == 'committed' then return reply({'COMMITTED'}) end
@@ -17,12 +19,17 @@ if state == 'expired' then return reply({'OK', '0'}) end
 if r[3] ~= uids then return reply({'KEYS', r[3]}) end
 
 local hold = r[2]
+local uid_list = split_commas(uids)
+local effects = {}
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[2 + i]) == 1 then
-    unhold(KEYS[2 + i], hold)
+  if redis.call('EXISTS', KEYS[3 + i]) == 1 then
+    unhold(KEYS[3 + i], hold)
+    if hold ~= '0' then effects[#effects + 1] = uid_list[i] .. ':0:0:-' .. hold end
   end
 end
 redis.call('HSET', res_key, 'state', 'released', 'released', hold)
 redis.call('PEXPIRE', res_key, retention_ms)
 redis.call('ZREM', exp_key, reservation_id)
+outbox(ledger_key, {'t', 'release', 'rid', reservation_id, 'c', r[5] or '0', 'ts', now_ms,
+  'amt', hold, 'subj', r[6] or '{}'}, effects)
 return reply({'OK', hold})

@@ -161,18 +161,20 @@ class ReserveResponse(_message.Message):
     def __init__(self, reservation_id: _Optional[str] = ..., reserved_nanos: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., budgets: _Optional[_Iterable[_Union[BudgetBalance, _Mapping]]] = ..., price_version: _Optional[int] = ..., unknown_model_price_used: _Optional[bool] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("org", "reservation_id", "actual_nanos", "usage", "provider_usage_json")
+    __slots__ = ("org", "reservation_id", "actual_nanos", "usage", "provider_usage_json", "latency_ms")
     ORG_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     ACTUAL_NANOS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_USAGE_JSON_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     org: str
     reservation_id: str
     actual_nanos: int
     usage: Usage
     provider_usage_json: str
-    def __init__(self, org: _Optional[str] = ..., reservation_id: _Optional[str] = ..., actual_nanos: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., provider_usage_json: _Optional[str] = ...) -> None: ...
+    latency_ms: int
+    def __init__(self, org: _Optional[str] = ..., reservation_id: _Optional[str] = ..., actual_nanos: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., provider_usage_json: _Optional[str] = ..., latency_ms: _Optional[int] = ...) -> None: ...
 
 class CommitResponse(_message.Message):
     __slots__ = ("charged_nanos", "released_nanos", "overage_nanos", "budgets", "late", "usage")

@@ -1,0 +1,393 @@
+"""The ledger writer: drains every org's outbox stream (`ba:{org}:ledger`) into PostgreSQL.
+
+The hot path's scripts append each money event to the org's stream in the same atomic step as
+the change (scripts/lib.lua `outbox`). Writers read through one consumer group, so several
+replicas share the work without reading an entry twice:
+
+1. this consumer's own pending entries first (a batch whose insert failed is retried as is),
+   then entries of a dead writer idle longer than `claim_idle_ms` (XAUTOCLAIM), then new ones;
+2. one PostgreSQL transaction inserts the batch with `ON CONFLICT (org, event_id) DO NOTHING`
+   and derives effects, usage records and daily rollups from the rows actually inserted, so a
+   batch delivered twice (a writer died after its commit, before its XACK) adds nothing;
+3. XACK only after the commit; then XTRIM MINID drops what every writer has acknowledged.
+
+PostgreSQL down: the hot path does not notice; entries stay in the stream (pending or new),
+the writer backs off, and the backlog drains when PostgreSQL is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError, ResponseError
+
+from budget_service import keys
+
+log = structlog.get_logger(__name__)
+
+GROUP = "ledger"
+USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+DIMENSIONS = ("team", "project", "user", "provider", "model")
+
+
+@dataclass(frozen=True)
+class Effect:
+    budget_uid: int
+    period_start_ms: int
+    spent_delta: int
+    reserved_delta: int
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    """One outbox entry, parsed."""
+
+    org: str
+    stream_id: str
+    event_id: str
+    type: str
+    reservation_id: str
+    at_ms: int
+    amount_nanos: int
+    released_nanos: int
+    late: bool
+    subject: dict[str, str]
+    usage: dict[str, int] | None
+    latency_ms: int | None
+    price_ref: str
+    refund_id: str
+    expires_at_ms: int
+    fingerprint: str
+    effects: tuple[Effect, ...]
+
+    @classmethod
+    def parse(cls, org: str, stream_id: str, f: dict[str, str]) -> LedgerEvent:
+        kind, rid, created = f["t"], f["rid"], f.get("c", "0")
+        refund_id = f.get("rfid", "")
+        event_id = f"{kind}:{rid}@{created}" + (f"/{refund_id}" if refund_id else "")
+        effects = []
+        for part in filter(None, f.get("fx", "").split(",")):
+            uid, pstart, spent, reserved = part.split(":")
+            effects.append(Effect(int(uid), int(pstart), int(spent), int(reserved)))
+        usage = json.loads(f["usage"]) if f.get("usage") else None
+        return cls(
+            org=org,
+            stream_id=stream_id,
+            event_id=event_id,
+            type=kind,
+            reservation_id=rid,
+            at_ms=int(f["ts"]),
+            amount_nanos=int(f.get("amt", "0")),
+            released_nanos=int(f.get("rel", "0")),
+            late=f.get("late") == "1",
+            subject=json.loads(f.get("subj") or "{}"),
+            usage=usage,
+            latency_ms=int(f["lat"]) if f.get("lat") else None,
+            price_ref=f.get("pv", ""),
+            refund_id=refund_id,
+            expires_at_ms=int(f.get("exp", "0")),
+            fingerprint=f.get("fp", ""),
+            effects=tuple(effects),
+        )
+
+    @property
+    def at(self) -> datetime:
+        return datetime.fromtimestamp(self.at_ms / 1000, UTC)
+
+    def usage_row(self) -> tuple[Any, ...] | None:
+        """The usage record of a commit (cost) or a refund (negative cost); None otherwise."""
+        if self.type not in ("commit", "refund"):
+            return None
+        refund = self.type == "refund"
+        usage = {} if refund else (self.usage or {})
+        tags = {k[4:]: v for k, v in self.subject.items() if k.startswith("tag:")}
+        return (
+            self.event_id,
+            self.reservation_id,
+            self.at,
+            "refund" if refund else ("late" if self.late else "ok"),
+            *(self.subject.get(d, "") for d in DIMENSIONS),
+            json.dumps(tags, sort_keys=True),
+            -self.amount_nanos if refund else self.amount_nanos,
+            0 if refund else 1,
+            *(int(usage.get(name, 0)) for name in USAGE_FIELDS),
+            self.latency_ms,
+            self.price_ref,
+        )
+
+
+INSERT_EVENTS = """
+INSERT INTO ledger_events (org, event_id, type, reservation_id, at, amount_nanos, released_nanos,
+    late, subject, usage, price_ref, refund_id, expires_at_ms, fingerprint, budget_uids, stream_id)
+SELECT $1, e.event_id, e.type, e.reservation_id, e.at, e.amount, e.released, e.late,
+    e.subject::jsonb, e.usage::jsonb, e.price_ref, e.refund_id, e.expires_at_ms, e.fingerprint,
+    string_to_array(e.uids, ',')::bigint[], e.stream_id
+FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[], $7::bigint[],
+    $8::boolean[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[],
+    $14::text[], $15::text[], $16::text[])
+    AS e(event_id, type, reservation_id, at, amount, released, late, subject, usage, price_ref,
+         refund_id, expires_at_ms, fingerprint, uids, stream_id)
+ON CONFLICT (org, event_id) DO NOTHING
+RETURNING event_id
+"""
+
+INSERT_EFFECTS = """
+INSERT INTO ledger_effects (org, event_id, budget_uid, period_start_ms, spent_delta,
+    reserved_delta)
+SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+"""
+
+INSERT_USAGE = """
+INSERT INTO usage_records (org, event_id, reservation_id, at, outcome, team, project, "user",
+    provider, model, tags, cost_nanos, requests, input_tokens, output_tokens,
+    cached_input_tokens, cache_write_tokens, reasoning_tokens, latency_ms, price_ref)
+SELECT $1, u.event_id, u.reservation_id, u.at, u.outcome, u.team, u.project, u.usr, u.provider,
+    u.model, u.tags::jsonb, u.cost, u.requests, u.input_tokens, u.output_tokens, u.cached,
+    u.cache_write, u.reasoning, u.latency_ms, u.price_ref
+FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
+    $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::int[], $14::bigint[],
+    $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::int[], $20::text[])
+    AS u(event_id, reservation_id, at, outcome, team, project, usr, provider, model, tags, cost,
+         requests, input_tokens, output_tokens, cached, cache_write, reasoning, latency_ms,
+         price_ref)
+"""
+
+# Rolled up from the rows this transaction inserted, in key order (so two writers lock rollup
+# rows in the same order and cannot deadlock each other).
+ROLL_UP = """
+INSERT INTO spend_daily AS d (org, day, team, project, "user", provider, model, tags,
+    cost_nanos, requests, input_tokens, output_tokens)
+SELECT org, (at AT TIME ZONE 'UTC')::date AS day, team, project, "user", provider, model, tags,
+    sum(cost_nanos), sum(requests), sum(input_tokens), sum(output_tokens)
+FROM usage_records
+WHERE org = $1 AND event_id = ANY($2::text[])
+GROUP BY org, day, team, project, "user", provider, model, tags
+ORDER BY day, team, project, "user", provider, model, tags
+ON CONFLICT (org, day, team, project, "user", provider, model, tags) DO UPDATE SET
+    cost_nanos = d.cost_nanos + excluded.cost_nanos,
+    requests = d.requests + excluded.requests,
+    input_tokens = d.input_tokens + excluded.input_tokens,
+    output_tokens = d.output_tokens + excluded.output_tokens
+"""
+
+
+async def insert_events(conn: asyncpg.Connection, org: str, events: list[LedgerEvent]) -> int:
+    """Insert `events` (one org's) idempotently in the caller's transaction; answers how many
+    were new."""
+    columns: list[list[Any]] = [[] for _ in range(15)]
+    for e in events:
+        row: tuple[Any, ...] = (
+            e.event_id, e.type, e.reservation_id, e.at, e.amount_nanos, e.released_nanos, e.late,
+            json.dumps(e.subject, sort_keys=True), json.dumps(e.usage) if e.usage else None,
+            e.price_ref, e.refund_id, e.expires_at_ms, e.fingerprint,
+            ",".join(str(x.budget_uid) for x in e.effects) if e.type == "reserve" else "",
+            e.stream_id,
+        )  # fmt: skip
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    inserted = {r["event_id"] for r in await conn.fetch(INSERT_EVENTS, org, *columns)}
+    if not inserted:
+        return 0
+    new = [e for e in events if e.event_id in inserted]
+    effects = [(e.event_id, x) for e in new for x in e.effects]
+    if effects:
+        await conn.execute(
+            INSERT_EFFECTS,
+            org,
+            [event_id for event_id, _ in effects],
+            [x.budget_uid for _, x in effects],
+            [x.period_start_ms for _, x in effects],
+            [x.spent_delta for _, x in effects],
+            [x.reserved_delta for _, x in effects],
+        )
+    usage = [u for e in new if (u := e.usage_row()) is not None]
+    if usage:
+        await conn.execute(
+            INSERT_USAGE, org, *(list(column) for column in zip(*usage, strict=True))
+        )
+        await conn.execute(ROLL_UP, org, [row[0] for row in usage])
+    return len(inserted)
+
+
+def _next_id(stream_id: str) -> str:
+    ms, _, seq = stream_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
+
+
+@dataclass
+class WriterStats:
+    written: int = 0  # events inserted (new rows)
+    duplicates: int = 0  # events delivered again and skipped by event id
+    batches: int = 0
+    failures: int = 0
+    backlog_events: int = 0  # entries in the streams not yet trimmed (unacknowledged or newer)
+    oldest_event_age_seconds: float = 0.0
+
+
+class LedgerWriter:
+    """One consumer of the `ledger` group, draining every org's stream."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        pool: asyncpg.Pool,
+        *,
+        consumer: str | None = None,
+        batch_size: int = 1000,
+        claim_idle_ms: int = 30_000,
+        max_backoff_seconds: float = 5.0,
+    ) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.batch_size = batch_size
+        self.claim_idle_ms = claim_idle_ms
+        self.max_backoff = max_backoff_seconds
+        self.stats = WriterStats()
+        self._groups: set[str] = set()
+        self._retry_at = 0.0
+        self._backoff = 0.0
+
+    async def drain_once(self, *, max_batches: int = 50) -> int:
+        """Write what the streams hold (up to `max_batches` batches); answers events written.
+
+        A failure (PostgreSQL or Redis unreachable) is logged and backed off, never raised:
+        the entries stay in the stream for the next run.
+        """
+        if time.monotonic() < self._retry_at:
+            return 0
+        written = 0
+        try:
+            members: Any = await self.redis.smembers(keys.ORGS)
+            orgs: list[str] = sorted(members)
+            for org in orgs:
+                for _ in range(max_batches):
+                    n, more = await self._drain_org_batch(org)
+                    written += n
+                    if not more:
+                        break
+            await self._measure(orgs)
+        except (OSError, TimeoutError, RedisError, asyncpg.PostgresError,
+                asyncpg.InterfaceError) as exc:  # fmt: skip
+            self.stats.failures += 1
+            self._backoff = min(self.max_backoff, max(0.1, self._backoff * 2))
+            self._retry_at = time.monotonic() + self._backoff
+            log.warning(
+                "ledger.write_failed",
+                error=f"{type(exc).__name__}: {exc}",
+                retry_in_seconds=self._backoff,
+                backlog_events=self.stats.backlog_events,
+            )
+            return written
+        if self._backoff:
+            log.info("ledger.write_resumed", written=written)
+        self._backoff = 0.0
+        return written
+
+    async def _ensure_group(self, stream: str) -> None:
+        if stream in self._groups:
+            return
+        try:
+            await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(stream)
+
+    async def _read(self, stream: str) -> list[tuple[str, dict[str, str]]]:
+        """Own pending entries, else a dead writer's, else new ones."""
+        for start in ("0", ">"):
+            if start == ">":
+                claimed: Any = await self.redis.xautoclaim(
+                    stream, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=self.batch_size
+                )
+                if claimed[1]:
+                    return [(i, f) for i, f in claimed[1] if f]
+            reply: Any = await self.redis.xreadgroup(
+                GROUP, self.consumer, {stream: start}, count=self.batch_size
+            )
+            entries = [(i, f) for i, f in reply[0][1] if f] if reply and reply[0][1] else []
+            if entries:
+                return entries
+        return []
+
+    async def _drain_org_batch(self, org: str) -> tuple[int, bool]:
+        stream = keys.ledger(org)
+        await self._ensure_group(stream)
+        try:
+            entries = await self._read(stream)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._groups.discard(stream)  # the stream was lost (Redis flushed): recreate
+            return 0, True
+        if not entries:
+            return 0, False
+        events = [LedgerEvent.parse(org, i, f) for i, f in entries]
+        async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+            new = await insert_events(conn, org, events)
+        ids = [i for i, _ in entries]
+        await self.redis.xack(stream, GROUP, *ids)
+        await self._trim(stream)
+        self.stats.written += new
+        self.stats.duplicates += len(events) - new
+        self.stats.batches += 1
+        if new < len(events):
+            log.info("ledger.duplicates_skipped", org=org, count=len(events) - new)
+        return new, len(entries) >= self.batch_size
+
+    async def _trim(self, stream: str) -> None:
+        """Drop entries every writer has acknowledged."""
+        pending: Any = await self.redis.xpending(stream, GROUP)
+        if pending["pending"]:
+            floor = pending["min"]
+        else:
+            groups: Any = await self.redis.xinfo_groups(stream)
+            last = next(g["last-delivered-id"] for g in groups if g["name"] == GROUP)
+            floor = _next_id(last)
+        await self.redis.xtrim(stream, minid=floor, approximate=False)
+
+    async def _measure(self, orgs: list[str]) -> None:
+        backlog = 0
+        oldest_ms: int | None = None
+        for org in orgs:
+            stream = keys.ledger(org)
+            backlog += await self.redis.xlen(stream)
+            first: Any = await self.redis.xrange(stream, count=1)
+            if first:
+                ms = int(first[0][0].partition("-")[0])
+                oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
+        self.stats.backlog_events = backlog
+        now_ms = time.time() * 1000
+        self.stats.oldest_event_age_seconds = (
+            0.0 if oldest_ms is None else max(0.0, (now_ms - oldest_ms) / 1000)
+        )
+
+    async def drain_until_empty(self, timeout_seconds: float = 30.0) -> int:
+        """Drain until the streams hold nothing unacknowledged (for tools and tests)."""
+        deadline = time.monotonic() + timeout_seconds
+        total = 0
+        while time.monotonic() < deadline:
+            self._retry_at = 0.0
+            total += await self.drain_once()
+            if self.stats.backlog_events == 0 and not self._backoff:
+                return total
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"ledger backlog still {self.stats.backlog_events} events")

@@ -1,0 +1,115 @@
+"""The ledger: every money event reaches PostgreSQL exactly once and sums to the Redis counters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from budget_service import keys, reconcile, server
+from budget_service.ledger_writer import LedgerEvent, LedgerWriter, insert_events
+from genproto.budget.v1 import budget_pb2 as pb
+from tests.helpers import reserve, rid, upsert, usd
+
+
+@pytest.fixture
+async def paused_writer(app: server.App) -> AsyncIterator[server.App]:
+    """The session service with its ledger writer stopped (restarted afterwards)."""
+    job = next(j for j in app.background if j.name == "ledger-writer")
+    await job.stop()
+    try:
+        yield app
+    finally:
+        job.start()
+
+
+async def ledger_rows(app: server.App, org: str) -> dict[str, int]:
+    rows = await app.pool.fetch(
+        "SELECT type, count(*) AS n FROM ledger_events WHERE org = $1 GROUP BY type", org
+    )
+    return {r["type"]: r["n"] for r in rows}
+
+
+async def traffic(budgets, admin, clock, org: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """One of every money event; answers the committed spend net of refunds."""
+    await upsert(admin, org, "cap", usd("100"))
+    await upsert(admin, org, "search", usd("10"), selector={"team": "search"})
+    a = await reserve(budgets, org, usd("0.50"), team="search", tags={"env": "prod"})
+    await budgets.Commit(pb.CommitRequest(org=org, reservation_id=a.reservation_id,
+                                          actual_nanos=usd("0.31"), latency_ms=850))  # fmt: skip
+    b = await reserve(budgets, org, usd("0.20"))
+    await budgets.Release(pb.ReleaseRequest(org=org, reservation_id=b.reservation_id))
+    c = await reserve(budgets, org, usd("1.00"), team="search")
+    await budgets.Commit(pb.CommitRequest(org=org, reservation_id=c.reservation_id,
+                                          actual_nanos=usd("0.90")))  # fmt: skip
+    await budgets.Refund(pb.RefundRequest(org=org, reservation_id=c.reservation_id,
+                                          refund_id=rid(), amount_nanos=usd("0.25")))  # fmt: skip
+    held = await reserve(budgets, org, usd("0.05"))  # stays open
+    return {"net": usd("0.31") + usd("0.90") - usd("0.25"), "held": held.reserved_nanos}
+
+
+async def test_every_money_event_is_in_the_ledger_once_and_counters_equal_it(
+    app, budgets, admin, clock, org
+):
+    expected = await traffic(budgets, admin, clock, org)
+    assert await reconcile.compare(app.engine.scripts, app.pool, org=org) == []
+    assert await ledger_rows(app, org) == {"reserve": 4, "commit": 2, "release": 1, "refund": 1}
+    usage = await app.pool.fetchrow(
+        "SELECT sum(cost_nanos) AS cost, sum(requests) AS requests, max(latency_ms) AS latency"
+        " FROM usage_records WHERE org = $1",
+        org,
+    )
+    assert (usage["cost"], usage["requests"], usage["latency"]) == (expected["net"], 2, 850)
+    rollup = await app.pool.fetchrow(
+        "SELECT sum(cost_nanos) AS cost FROM spend_daily WHERE org = $1", org
+    )
+    assert rollup["cost"] == expected["net"]
+    tagged = await app.pool.fetchval(
+        "SELECT sum(cost_nanos) FROM usage_records WHERE org = $1 AND tags->>'env' = 'prod'", org
+    )
+    assert tagged == usd("0.31")
+    # The acknowledged entries are trimmed from the stream.
+    assert await app.redis.xlen(keys.ledger(org)) == 0
+
+
+async def test_expired_hold_is_recorded_and_reconciles(app, budgets, admin, clock, org):
+    await upsert(admin, org, "cap", usd("1"))
+    await budgets.Reserve(pb.ReserveRequest(
+        reservation_id=rid(), subject=pb.Subject(org=org), amount_nanos=usd("0.40"),
+        ttl={"seconds": 1}))  # fmt: skip
+    clock.set_ms(clock.now_ms() + 5_000)
+    try:
+        for _ in range(100):  # the sweeper runs every 0.2 s
+            if (await ledger_rows(app, org)).get("expire"):
+                break
+            await asyncio.sleep(0.05)
+        assert (await ledger_rows(app, org)).get("expire") == 1
+        assert await reconcile.compare(app.engine.scripts, app.pool, org=org) == []
+    finally:
+        clock.offset_ms = 0
+
+
+async def test_writer_killed_after_insert_before_ack_leaves_no_duplicate(
+    paused_writer, budgets, admin, clock, org
+):
+    app = paused_writer
+    await traffic(budgets, admin, clock, org)
+    stream = keys.ledger(org)
+    # A writer reads and inserts a batch, then dies before its XACK.
+    doomed = LedgerWriter(app.redis, app.pool, consumer="doomed")
+    await doomed._ensure_group(stream)
+    entries = await app.redis.xreadgroup("ledger", "doomed", {stream: ">"}, count=1000)
+    events = [LedgerEvent.parse(org, i, f) for i, f in entries[0][1]]
+    async with app.pool.acquire() as conn, conn.transaction():
+        assert await insert_events(conn, org, events) == len(events) == 8
+    # Another writer claims the dead one's entries and writes them again: nothing new.
+    heir = LedgerWriter(app.redis, app.pool, consumer="heir", claim_idle_ms=0)
+    await heir.drain_until_empty()
+    assert heir.stats.duplicates >= 8
+    assert await ledger_rows(app, org) == {"reserve": 4, "commit": 2, "release": 1, "refund": 1}
+    assert await app.pool.fetchval(
+        "SELECT count(*) FROM usage_records WHERE org = $1", org
+    ) == 3
+    assert await app.redis.xlen(stream) == 0
+    assert await reconcile.compare(app.engine.scripts, app.pool, org=org) == []
