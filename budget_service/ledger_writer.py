@@ -274,9 +274,10 @@ class LedgerWriter:
         if time.monotonic() < self._retry_at:
             return 0
         written = 0
+        orgs: list[str] = []
         try:
             members: Any = await self.redis.smembers(keys.ORGS)
-            orgs: list[str] = sorted(members)
+            orgs = sorted(members)
             for org in orgs:
                 for _ in range(max_batches):
                     n, more = await self._drain_org_batch(org)
@@ -287,6 +288,10 @@ class LedgerWriter:
         except (OSError, TimeoutError, RedisError, asyncpg.PostgresError,
                 asyncpg.InterfaceError) as exc:  # fmt: skip
             self.stats.failures += 1
+            try:  # the backlog still grows while PostgreSQL is down: keep measuring it
+                await self._measure(orgs)
+            except (OSError, TimeoutError, RedisError):
+                pass
             self._backoff = min(self.max_backoff, max(0.1, self._backoff * 2))
             self._retry_at = time.monotonic() + self._backoff
             log.warning(

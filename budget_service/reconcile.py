@@ -122,7 +122,8 @@ async def compare_org(
     )
     last_id, states = reply[0], reply[1] or []
     await _wait_written(scripts, org, last_id, wait_seconds)
-    ms, seq = _id_tuple(last_id)
+    # No stream: no event since Redis lost its data (or ever), so every ledger event counts.
+    ms, seq = _id_tuple(last_id) if last_id != "0-0" else (2**62, 0)
     pstarts = [int(s[2]) for s in states]
     rows = await pool.fetch(LEDGER_SUMS, org, [b.uid for b in budgets], pstarts, ms, seq)
     sums = {r["budget_uid"]: (int(r["spent"]), int(r["reserved"])) for r in rows}

@@ -108,8 +108,6 @@ async def test_writer_killed_after_insert_before_ack_leaves_no_duplicate(
     await heir.drain_until_empty()
     assert heir.stats.duplicates >= 8
     assert await ledger_rows(app, org) == {"reserve": 4, "commit": 2, "release": 1, "refund": 1}
-    assert await app.pool.fetchval(
-        "SELECT count(*) FROM usage_records WHERE org = $1", org
-    ) == 3
+    assert await app.pool.fetchval("SELECT count(*) FROM usage_records WHERE org = $1", org) == 3
     assert await app.redis.xlen(stream) == 0
     assert await reconcile.compare(app.engine.scripts, app.pool, org=org) == []
