@@ -30,6 +30,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.ledger
 
 protos: $(STAMP)
 	$(BIN)/python tools/gen_protos.py

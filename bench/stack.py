@@ -221,7 +221,8 @@ class Stack:
         # One at a time: each migrates and reconciles on start, and readiness is per process.
         for i in range(self.server_procs):
             profile_path = self.root / f"service-{i}.prof" if self.profile else None
-            service = ServiceProcess(i, env, self.root / f"service-{i}.log", profile_path)
+            service_env = {**env, "METRICS_ADDR": f"127.0.0.1:{free_port()}"}
+            service = ServiceProcess(i, service_env, self.root / f"service-{i}.log", profile_path)
             self.services.append(service)
             service.start()
             self._wait_listening(service, self.port)

@@ -16,7 +16,7 @@ import asyncio
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import asyncpg
 import structlog
@@ -154,6 +154,20 @@ async def compare(
     if out:
         log.warning("ledger.reconcile_differences", count=len(out), first=out[0].to_dict())
     return out
+
+
+@dataclass
+class ReconcileResult:
+    """The last periodic comparison of Redis counters with the ledger (for metrics)."""
+
+    runs: int = 0
+    last_run_unix: float = 0.0
+    differences: list[Difference] = field(default_factory=list)
+
+    async def run(self, scripts: Scripts, pool: asyncpg.Pool, *, wait_seconds: float) -> None:
+        self.differences = await compare(scripts, pool, wait_seconds=wait_seconds)
+        self.runs += 1
+        self.last_run_unix = time.time()
 
 
 @dataclass(frozen=True)

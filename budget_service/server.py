@@ -25,9 +25,11 @@ from budget_service.engine import Engine
 from budget_service.errors import ConfigError
 from budget_service.handlers import BudgetService
 from budget_service.ledger_writer import LedgerWriter
+from budget_service.metrics import LedgerCollector, MetricsServer
 from budget_service.org_overrides import OrgOverrides
 from budget_service.periodic import Periodic
 from budget_service.price_table import PriceTable
+from budget_service.reconcile import ReconcileResult
 from budget_service.redis_wire import Address, RedisWire
 from budget_service.settings import Settings
 from budget_service.sweeper import Sweeper
@@ -55,6 +57,8 @@ class App:
     prices: PriceTable
     budget_service: BudgetService
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
+    reconciled: ReconcileResult
+    metrics: MetricsServer | None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def stop(self) -> None:
@@ -70,6 +74,8 @@ class App:
         if self.budget_service.overrides is not None:
             await self.budget_service.overrides.stop()
         await self.server.stop(self.settings.shutdown_grace_seconds)
+        if self.metrics is not None:
+            self.metrics.stop()
         self.engine.scripts.close()
         await self.redis.aclose()
         await self.pool.close()
@@ -158,11 +164,31 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
         background.append(
             Periodic("ledger-writer", settings.ledger_poll_seconds, ledger.drain_once)
         )
+    reconciled = ReconcileResult()
+    background.append(
+        Periodic(
+            "ledger-reconcile",
+            settings.ledger_reconcile_seconds,
+            lambda: reconciled.run(scripts, pool, wait_seconds=10.0),
+        )
+    )
+    metrics = None
+    if settings.metrics_addr:
+        try:
+            metrics = MetricsServer(settings.metrics_addr, [LedgerCollector(ledger, reconciled)])
+        except ConfigError:
+            await server.stop(0)
+            await prices.stop()
+            await overrides.stop()
+            scripts.close()
+            await redis.aclose()
+            await pool.close()
+            raise
     for job in background:
         job.start()
     host = settings.budget_addr.rsplit(":", 1)[0]
     log.info("server.started", addr=f"{host}:{port}")
     return App(
         settings, server, port, redis, pool, engine, background, ledger, prices, budget_service,
-        health_servicer,
+        health_servicer, reconciled, metrics,
     )  # fmt: skip

@@ -66,6 +66,9 @@ class Settings:
     ledger_reconcile_seconds: float = _env(
         "LEDGER_RECONCILE_SECONDS", 300.0, "how often Redis counters are compared with the ledger"
     )
+    metrics_addr: str = _env(
+        "METRICS_ADDR", "127.0.0.1:9464", "Prometheus /metrics host:port (empty: no metrics)"
+    )
     shutdown_grace_seconds: float = _env(
         "SHUTDOWN_GRACE_SECONDS", 10.0, "how long in-flight calls may finish on shutdown"
     )

@@ -138,6 +138,7 @@ class DevConfig:
     pricing_addr: str
     log_format: str
     shutdown_grace_seconds: float
+    redis_appendfsync: str = "everysec"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, stdout_is_tty: bool) -> DevConfig:
@@ -154,6 +155,13 @@ class DevConfig:
                 example = f"127.0.0.1:{ADDR_SETTINGS[env_var]}"
                 raise DevstackError(f"{env_var}={addr!r} needs a fixed port, e.g. {example}")
         log_format = env.get("LOG_FORMAT") or ("console" if stdout_is_tty else "json")
+        appendfsync = env.get("DEV_REDIS_APPENDFSYNC") or "everysec"
+        if appendfsync not in ("everysec", "always"):
+            raise DevstackError(
+                f"DEV_REDIS_APPENDFSYNC={appendfsync!r}: use everysec (default: a crash of the"
+                " machine loses at most about one second of writes) or always (loses none,"
+                " slower)"
+            )
         return cls(
             data_dir=Path(settings.data_dir),
             redis_url=settings.redis_url,
@@ -164,6 +172,7 @@ class DevConfig:
             pricing_addr=settings.pricing_addr,
             log_format=log_format,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            redis_appendfsync=appendfsync,
         )
 
     @property
@@ -579,7 +588,7 @@ class DevStack:
         c = self.config
         if not c.redis_url:
             self.redis = DevRedis(
-                c.data_dir / "redis", c.redis_port, appendfsync="everysec", host=STORE_HOST
+                c.data_dir / "redis", c.redis_port, appendfsync=c.redis_appendfsync, host=STORE_HOST
             )
             say(f"starting Redis on {STORE_HOST}:{c.redis_port} (data {self.redis.data_dir})")
             try:
@@ -633,7 +642,7 @@ class DevStack:
         addr = dial_target(c.budget_addr)
         pricing_addr = dial_target(c.pricing_addr, "PRICING_ADDR")
         redis = (
-            f"{self.redis_url}  data {self.redis.data_dir} (AOF, appendfsync everysec)"
+            f"{self.redis_url}  data {self.redis.data_dir} (AOF, appendfsync {c.redis_appendfsync})"
             if self.redis
             else f"{self.redis_url}  (yours, from REDIS_URL)"
         )

@@ -67,6 +67,7 @@ def service_settings(stack: Stack, **overrides: object) -> Settings:
         "redis_url": stack.redis.url,
         "database_url": stack.postgres.url,
         "budget_addr": "127.0.0.1:0",
+        "metrics_addr": "127.0.0.1:0",
         "sweep_interval_seconds": 0.2,
         "shutdown_grace_seconds": 2.0,
         "log_level": os.environ.get("TEST_LOG_LEVEL", "warning"),

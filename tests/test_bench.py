@@ -43,10 +43,10 @@ FIGURES = {
 }
 
 
-def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
+def run_bench(*args: str, module: str = "bench") -> subprocess.CompletedProcess[str]:
     """Run the bench; past the timeout, stop it with SIGTERM so it cleans up its processes."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -90,3 +90,13 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
     # error, above), and both kinds were counted in the reserve-only phase's slices.
     counted = report["derived"]["token_reserve"]["calls_counted"]
     assert counted["amount"] > 0 and counted["tokens"] > 0, counted
+
+
+def test_ledger_bench_reports_writer_throughput(tmp_path: Path) -> None:
+    report_path = tmp_path / "ledger.json"
+    result = run_bench("--pairs", "300", "--json", str(report_path), module="bench.ledger")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(report_path.read_text())
+    assert figures["events"] == 600
+    assert figures["writer_events_per_second"] > 0 and figures["drain_seconds"] > 0
+    assert "writer_events_per_second" in result.stdout

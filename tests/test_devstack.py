@@ -158,3 +158,22 @@ def test_postgres_second_server_on_same_dir_is_refused(tmp_path: Path, cleanup: 
     with pytest.raises(RuntimeError, match="in use by a running postmaster"):
         second.start(timeout=START_TIMEOUT)
     first.stop(timeout=STOP_TIMEOUT)
+
+
+def test_make_run_redis_durability_defaults_to_everysec_and_offers_always() -> None:
+    from devstack.dev import DevConfig, DevstackError
+
+    assert DevConfig.from_env({}, stdout_is_tty=False).redis_appendfsync == "everysec"
+    chosen = DevConfig.from_env({"DEV_REDIS_APPENDFSYNC": "always"}, stdout_is_tty=False)
+    assert chosen.redis_appendfsync == "always"
+    with pytest.raises(DevstackError, match="DEV_REDIS_APPENDFSYNC='no'"):
+        DevConfig.from_env({"DEV_REDIS_APPENDFSYNC": "no"}, stdout_is_tty=False)
+
+
+def test_redis_runs_with_the_appendfsync_asked_for(tmp_path: Path, cleanup: ExitStack) -> None:
+    for mode in ("everysec", "always"):
+        proc = RedisProcess(tmp_path / mode, free_port(), appendfsync=mode)
+        cleanup.callback(proc.kill)
+        with proc, redis_client(proc) as client:
+            config = client.config_get("append*")
+            assert (config["appendonly"], config["appendfsync"]) == ("yes", mode)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import AsyncIterator
 
 import pytest
@@ -111,3 +112,43 @@ async def test_writer_killed_after_insert_before_ack_leaves_no_duplicate(
     assert await app.pool.fetchval("SELECT count(*) FROM usage_records WHERE org = $1", org) == 3
     assert await app.redis.xlen(stream) == 0
     assert await reconcile.compare(app.engine.scripts, app.pool, org=org) == []
+
+
+def scrape(app: server.App) -> dict[str, float]:
+    assert app.metrics is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{app.metrics.port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {
+        name: float(value)
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+        for name, _, value in [line.rpartition(" ")]
+    }
+
+
+async def test_metrics_show_the_writer_and_a_counter_that_drifted_from_the_ledger(
+    app, budgets, admin, clock, org
+):
+    await traffic(budgets, admin, clock, org)
+    # (Other tests' orgs on this PostgreSQL may differ: some ran on Redis servers of their own.)
+    await app.reconciled.run(app.engine.scripts, app.pool, wait_seconds=30)
+    assert [d for d in app.reconciled.differences if d.org == org] == []
+    metrics = await asyncio.to_thread(scrape, app)
+    assert metrics["budget_ledger_events_written_total"] >= 8
+    before = metrics["budget_ledger_reconcile_differences"]
+    assert before == len(app.reconciled.differences)
+    assert "budget_ledger_backlog_events" in metrics
+    # A counter changed behind the scripts' back (as a bug or a bad restore would) shows up.
+    uid = next(u for u, raw in (await app.redis.hgetall(keys.config(org))).items()
+               if '"id":"search"' in raw)  # fmt: skip
+    await app.redis.hincrby(keys.budget(org, uid), "spent", 7)
+    try:
+        await app.reconciled.run(app.engine.scripts, app.pool, wait_seconds=30)
+        drifted = [d for d in app.reconciled.differences if d.org == org]
+        assert [(d.budget_id, d.counter, d.redis_nanos - d.ledger_nanos) for d in drifted] == [
+            ("search", "spent", 7)
+        ]
+        metrics = await asyncio.to_thread(scrape, app)
+        assert metrics["budget_ledger_reconcile_differences"] == before + 1
+    finally:
+        await app.redis.hincrby(keys.budget(org, uid), "spent", -7)

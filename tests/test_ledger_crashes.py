@@ -121,6 +121,7 @@ def service_env(stack: Stack) -> dict[str, str]:
         "REDIS_URL": stack.redis.url,
         "DATABASE_URL": stack.postgres.url,
         "BUDGET_ADDR": f"127.0.0.1:{free_port()}",
+        "METRICS_ADDR": f"127.0.0.1:{free_port()}",
         "PRICING_ADDR": f"127.0.0.1:{free_port()}",
         "LOG_LEVEL": "error",
         "LEDGER_POLL_SECONDS": "0.05",

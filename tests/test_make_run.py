@@ -323,6 +323,7 @@ def devstack_env(
         DEV_POSTGRES_PORT=str(pg_port),
         BUDGET_ADDR=addr,
         PRICING_ADDR=pricing_addr,
+        METRICS_ADDR=f"127.0.0.1:{free_port()}",
         SHUTDOWN_GRACE_SECONDS="5",
     )
     return env

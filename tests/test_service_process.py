@@ -46,6 +46,7 @@ def service_process(stack: Stack):
         "REDIS_URL": stack.redis.url,
         "DATABASE_URL": stack.postgres.url,
         "BUDGET_ADDR": addr,
+        "METRICS_ADDR": f"127.0.0.1:{free_port()}",
         "LOG_LEVEL": "warning",
         "SHUTDOWN_GRACE_SECONDS": "5",
     }
@@ -124,7 +125,7 @@ async def test_second_service_on_a_taken_address_fails_to_start(service_process,
     addr, proc = service_process
     await wait_serving(addr, proc)
     env = {**os.environ, "REDIS_URL": stack.redis.url, "DATABASE_URL": stack.postgres.url,
-           "BUDGET_ADDR": addr, "LOG_LEVEL": "warning"}  # fmt: skip
+           "BUDGET_ADDR": addr, "METRICS_ADDR": "", "LOG_LEVEL": "warning"}  # fmt: skip
     result = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "budget_service"], env=env,
         capture_output=True, text=True, timeout=60)  # fmt: skip
