@@ -38,7 +38,7 @@ protos: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy budget_service pricing_service devstack bench
+	$(BIN)/mypy budget_service pricing_service devstack bench budgetctl
 	$(BIN)/buf lint
 
 clean:

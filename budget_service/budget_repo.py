@@ -8,7 +8,8 @@ from typing import Any
 import asyncpg
 
 from budget_service.budgets import BudgetConfig
-from budget_service.errors import NotFound, Unavailable
+from budget_service.db import guard
+from budget_service.errors import NotFound
 from genproto.budget.v1 import budget_pb2 as pb
 
 COLUMNS = (
@@ -60,7 +61,7 @@ class BudgetRepository:
 
     async def upsert(self, budget: pb.Budget, actor: str) -> BudgetConfig:
         """Create or replace a (validated) budget; the version goes up by one."""
-        async with _guard(), self.pool.acquire() as conn, conn.transaction():
+        async with guard(), self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext($1))", f"{budget.org}/{budget.id}"
             )
@@ -109,7 +110,7 @@ class BudgetRepository:
 
     async def delete(self, org: str, budget_id: str, actor: str) -> BudgetConfig:
         """Remove a budget; NotFound when there is none."""
-        async with _guard(), self.pool.acquire() as conn, conn.transaction():
+        async with guard(), self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"DELETE FROM budgets WHERE org = $1 AND id = $2 RETURNING {COLUMNS}",
                 org,
@@ -123,7 +124,7 @@ class BudgetRepository:
 
     async def get(self, org: str, budget_id: str) -> BudgetConfig:
         """One budget; NotFound when there is none."""
-        async with _guard():
+        async with guard():
             row = await self.pool.fetchrow(
                 f"SELECT {COLUMNS} FROM budgets WHERE org = $1 AND id = $2", org, budget_id
             )
@@ -133,7 +134,7 @@ class BudgetRepository:
 
     async def page(self, org: str, *, after_id: str, limit: int) -> list[BudgetConfig]:
         """Up to `limit` budgets of an org with ids after `after_id`, ordered by id."""
-        async with _guard():
+        async with guard():
             rows = await self.pool.fetch(
                 f"SELECT {COLUMNS} FROM budgets WHERE org = $1 AND id > $2 ORDER BY id LIMIT $3",
                 org,
@@ -144,7 +145,7 @@ class BudgetRepository:
 
     async def all_by_org(self) -> dict[str, list[BudgetConfig]]:
         """Every budget of every org (for reconciling Redis at start)."""
-        async with _guard():
+        async with guard():
             rows = await self.pool.fetch(f"SELECT {COLUMNS} FROM budgets ORDER BY org, id")
         out: dict[str, list[BudgetConfig]] = {}
         for r in rows:
@@ -153,7 +154,7 @@ class BudgetRepository:
 
     async def audit_trail(self, org: str, budget_id: str) -> list[dict[str, Any]]:
         """The audit rows of one budget, oldest first."""
-        async with _guard():
+        async with guard():
             rows = await self.pool.fetch(
                 "SELECT action, actor, at, before, after FROM budget_audit"
                 " WHERE org = $1 AND budget_id = $2 ORDER BY id",
@@ -181,27 +182,6 @@ class BudgetRepository:
             _audit_json(before),
             _audit_json(after),
         )
-
-
-class _guard:
-    """Turns a lost PostgreSQL connection into Unavailable."""
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> None:
-        if isinstance(
-            exc,
-            (
-                OSError,
-                asyncpg.exceptions.ConnectionDoesNotExistError,
-                asyncpg.exceptions.CannotConnectNowError,
-                asyncpg.exceptions.InterfaceError,
-            ),
-        ):
-            raise Unavailable(f"PostgreSQL is unreachable: {exc}") from exc
 
 
 def _not_found(org: str, budget_id: str) -> NotFound:

@@ -54,6 +54,27 @@ async def migrate(pool: asyncpg.Pool, package: str = "budget_service") -> list[s
     return applied
 
 
+class guard:
+    """Turns a lost PostgreSQL connection into Unavailable."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if isinstance(
+            exc,
+            (
+                OSError,
+                asyncpg.exceptions.ConnectionDoesNotExistError,
+                asyncpg.exceptions.CannotConnectNowError,
+                asyncpg.exceptions.InterfaceError,
+            ),
+        ):
+            raise Unavailable(f"PostgreSQL is unreachable: {exc}") from exc
+
+
 def _redact(url: str) -> str:
     head, sep, tail = url.rpartition("@")
     if not sep:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 
-def configure(level: str = "info", fmt: str = "json") -> None:
-    """Route every structlog logger to stdout at `level` in format `fmt` (json or console)."""
+def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    """Route every structlog logger to `stream` (stdout) at `level` in format `fmt`.
+
+    `fmt` is json or console. Command-line tools pass stderr: their stdout is their output.
+    """
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
@@ -23,6 +27,6 @@ def configure(level: str = "info", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(stream or sys.stdout),
         cache_logger_on_first_use=True,
     )

@@ -253,7 +253,8 @@ async def rebuild(
 USAGE = """usage: python -m budget_service.reconcile [--org ORG] [--rebuild] [--json]
 
 Compare every budget's Redis counters (spent in the current period, holds) with the PostgreSQL
-ledger and print each difference. Exit code 0: none; 1: differences found; 2: could not run.
+ledger and print each difference. Exit code 0: none; 1: differences found; 2: bad usage or
+setting; 4: Redis or PostgreSQL unreachable.
 
   --org ORG   only this org
   --rebuild   instead of comparing, restore Redis counters and open holds from the ledger
@@ -267,7 +268,7 @@ Reads REDIS_URL and DATABASE_URL (and IDEMPOTENCY_RETENTION_SECONDS) like the se
 async def _main(argv: list[str]) -> int:
     import argparse
 
-    from budget_service import db, store
+    from budget_service import db, logs, store
     from budget_service.clock import SystemClock
     from budget_service.settings import Settings
 
@@ -281,8 +282,11 @@ async def _main(argv: list[str]) -> int:
         print(USAGE)
         return 0
     settings = Settings.from_env()
+    logs.configure("error", "console", sys.stderr)  # differences are the output, not log lines
     if not settings.redis_url or not settings.database_url:
-        print("REDIS_URL and DATABASE_URL must be set", file=sys.stderr)
+        print(
+            "error: REDIS_URL and DATABASE_URL must be set (the service's stores)", file=sys.stderr
+        )
         return 2
     client = store.connect(settings.redis_url, timeout_seconds=5.0, pool_size=4)
     scripts = store.Scripts(client)
@@ -321,15 +325,22 @@ async def _main(argv: list[str]) -> int:
         await pool.close()
 
 
-def main() -> None:
-    from budget_service.errors import BudgetServiceError
+def run(argv: list[str]) -> int:
+    """Run the command; answers its exit code (0 equal, 1 differences, 2 usage, 4 unreachable)."""
+    from budget_service.errors import BudgetServiceError, Unavailable
 
     try:
-        code = asyncio.run(_main(sys.argv[1:]))
+        return asyncio.run(_main(argv))
+    except Unavailable as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 4
     except BudgetServiceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        code = 2
-    sys.exit(code)
+        return 2
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
 
 
 if __name__ == "__main__":

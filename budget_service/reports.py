@@ -16,7 +16,7 @@ import asyncpg
 from google.protobuf import timestamp_pb2
 
 from budget_service import validation as v
-from budget_service.budget_repo import _guard as guard
+from budget_service.db import guard
 from budget_service.errors import InvalidArgument
 from genproto.budget.v1 import budget_pb2 as pb
 

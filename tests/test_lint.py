@@ -27,5 +27,5 @@ def test_code_is_ruff_formatted():
 
 
 def test_mypy_strict_is_clean():
-    result = run("mypy", "budget_service", "pricing_service", "devstack", "bench")
+    result = run("mypy", "budget_service", "pricing_service", "devstack", "bench", "budgetctl")
     assert result.returncode == 0, result.stdout + result.stderr

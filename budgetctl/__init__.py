@@ -1,0 +1,1 @@
+"""budgetctl: the operator's command line for the budget authority."""
