@@ -344,6 +344,31 @@ def readme_grpcurl_commands() -> list[str]:
     ]
 
 
+def readme_budgetctl_commands() -> list[str]:
+    """Every budgetctl line of the README's ```sh blocks (with any VAR=value prefix)."""
+    text = (ROOT / "README.md").read_text()
+    return [
+        line.strip()
+        for m in README_FENCE.finditer(text)
+        if m.group(1) == "sh"
+        for line in m.group(2).splitlines()
+        if ".venv/bin/budgetctl " in line
+    ]
+
+
+def run_readme_budgetctl(command: str, addr: str, redis_port: int, pg_port: int) -> None:
+    """Run a README budgetctl line against a devstack on other ports than the defaults."""
+    args = shlex.split(command)
+    env = dict(os.environ)
+    while "=" in args[0]:
+        name, _, value = args.pop(0).partition("=")
+        env[name] = value.replace(":6390/", f":{redis_port}/").replace(":5439/", f":{pg_port}/")
+    assert args[0] == ".venv/bin/budgetctl", command
+    argv = [sys.executable, "-m", "budgetctl", "--addr", addr, *args[1:]]
+    result = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"README: {command}\n{result.stdout}{result.stderr}"
+
+
 def test_readme_shows_the_two_commands_and_grpcurl_calls() -> None:
     text = (ROOT / "README.md").read_text()
     assert "make run" in text[:2000] and "make test" in text[:2000]
@@ -422,6 +447,11 @@ def test_make_run_walkthrough_stop_and_restart(tmp_path: Path, devstacks: list[D
         result = run_grpcurl(Step(0, command, "").argv(addr, pricing_addr))
         assert result.returncode == 0, f"README: {command}\n{result.stdout}{result.stderr}"
         assert _json_or_none(result.stdout) is not None, f"README: {command}\n{result.stdout}"
+    # And its budgetctl lines: reports, and a reconcile that finds the ledger equal to Redis.
+    budgetctl_lines = readme_budgetctl_commands()
+    assert len(budgetctl_lines) >= 3
+    for command in budgetctl_lines:
+        run_readme_budgetctl(command, addr, redis_port, pg_port)
     assert second.interrupt() == 0, second.output()
 
 
