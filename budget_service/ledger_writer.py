@@ -18,13 +18,11 @@ the writer backs off, and the backlog drains when PostgreSQL is back.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -37,14 +35,6 @@ from budget_service import keys
 log = structlog.get_logger(__name__)
 
 GROUP = "ledger"
-USAGE_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-)
-DIMENSIONS = ("team", "project", "user", "provider", "model")
 
 
 @dataclass(frozen=True)
@@ -57,7 +47,7 @@ class Effect:
 
 @dataclass(frozen=True)
 class LedgerEvent:
-    """One outbox entry, parsed."""
+    """One outbox entry, parsed just enough to insert it (JSON fields stay text for jsonb)."""
 
     org: str
     stream_id: str
@@ -68,8 +58,8 @@ class LedgerEvent:
     amount_nanos: int
     released_nanos: int
     late: bool
-    subject: dict[str, str]
-    usage: dict[str, int] | None
+    subject_json: str
+    usage_json: str | None
     latency_ms: int | None
     price_ref: str
     refund_id: str
@@ -86,7 +76,6 @@ class LedgerEvent:
         for part in filter(None, f.get("fx", "").split(",")):
             uid, pstart, spent, reserved = part.split(":")
             effects.append(Effect(int(uid), int(pstart), int(spent), int(reserved)))
-        usage = json.loads(f["usage"]) if f.get("usage") else None
         return cls(
             org=org,
             stream_id=stream_id,
@@ -97,8 +86,8 @@ class LedgerEvent:
             amount_nanos=int(f.get("amt", "0")),
             released_nanos=int(f.get("rel", "0")),
             late=f.get("late") == "1",
-            subject=json.loads(f.get("subj") or "{}"),
-            usage=usage,
+            subject_json=f.get("subj") or "{}",
+            usage_json=f.get("usage") or None,
             latency_ms=int(f["lat"]) if f.get("lat") else None,
             price_ref=f.get("pv", ""),
             refund_id=refund_id,
@@ -107,123 +96,100 @@ class LedgerEvent:
             effects=tuple(effects),
         )
 
-    @property
-    def at(self) -> datetime:
-        return datetime.fromtimestamp(self.at_ms / 1000, UTC)
 
-    def usage_row(self) -> tuple[Any, ...] | None:
-        """The usage record of a commit (cost) or a refund (negative cost); None otherwise."""
-        if self.type not in ("commit", "refund"):
-            return None
-        refund = self.type == "refund"
-        usage = {} if refund else (self.usage or {})
-        tags = {k[4:]: v for k, v in self.subject.items() if k.startswith("tag:")}
-        return (
-            self.event_id,
-            self.reservation_id,
-            self.at,
-            "refund" if refund else ("late" if self.late else "ok"),
-            *(self.subject.get(d, "") for d in DIMENSIONS),
-            json.dumps(tags, sort_keys=True),
-            -self.amount_nanos if refund else self.amount_nanos,
-            0 if refund else 1,
-            *(int(usage.get(name, 0)) for name in USAGE_FIELDS),
-            self.latency_ms,
-            self.price_ref,
-        )
-
-
-INSERT_EVENTS = """
-INSERT INTO ledger_events (org, event_id, type, reservation_id, at, amount_nanos, released_nanos,
-    late, subject, usage, price_ref, refund_id, expires_at_ms, fingerprint, budget_uids, stream_id)
-SELECT $1, e.event_id, e.type, e.reservation_id, e.at, e.amount, e.released, e.late,
-    e.subject::jsonb, e.usage::jsonb, e.price_ref, e.refund_id, e.expires_at_ms, e.fingerprint,
-    string_to_array(e.uids, ',')::bigint[], e.stream_id
-FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[], $7::bigint[],
-    $8::boolean[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[],
-    $14::text[], $15::text[], $16::text[])
-    AS e(event_id, type, reservation_id, at, amount, released, late, subject, usage, price_ref,
-         refund_id, expires_at_ms, fingerprint, uids, stream_id)
-ON CONFLICT (org, event_id) DO NOTHING
-RETURNING event_id
-"""
-
-INSERT_EFFECTS = """
-INSERT INTO ledger_effects (org, event_id, budget_uid, period_start_ms, spent_delta,
-    reserved_delta)
-SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
-"""
-
-INSERT_USAGE = """
-INSERT INTO usage_records (org, event_id, reservation_id, at, outcome, team, project, "user",
-    provider, model, tags, cost_nanos, requests, input_tokens, output_tokens,
-    cached_input_tokens, cache_write_tokens, reasoning_tokens, latency_ms, price_ref)
-SELECT $1, u.event_id, u.reservation_id, u.at, u.outcome, u.team, u.project, u.usr, u.provider,
-    u.model, u.tags::jsonb, u.cost, u.requests, u.input_tokens, u.output_tokens, u.cached,
-    u.cache_write, u.reasoning, u.latency_ms, u.price_ref
-FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
-    $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::int[], $14::bigint[],
-    $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::int[], $20::text[])
-    AS u(event_id, reservation_id, at, outcome, team, project, usr, provider, model, tags, cost,
-         requests, input_tokens, output_tokens, cached, cache_write, reasoning, latency_ms,
-         price_ref)
-"""
-
-# Rolled up from the rows this transaction inserted, in key order (so two writers lock rollup
-# rows in the same order and cannot deadlock each other).
-ROLL_UP = """
-INSERT INTO spend_daily AS d (org, day, team, project, "user", provider, model, tags,
-    cost_nanos, requests, input_tokens, output_tokens)
-SELECT org, (at AT TIME ZONE 'UTC')::date AS day, team, project, "user", provider, model, tags,
-    sum(cost_nanos), sum(requests), sum(input_tokens), sum(output_tokens)
-FROM usage_records
-WHERE org = $1 AND event_id = ANY($2::text[])
-GROUP BY org, day, team, project, "user", provider, model, tags
-ORDER BY day, team, project, "user", provider, model, tags
-ON CONFLICT (org, day, team, project, "user", provider, model, tags) DO UPDATE SET
-    cost_nanos = d.cost_nanos + excluded.cost_nanos,
-    requests = d.requests + excluded.requests,
-    input_tokens = d.input_tokens + excluded.input_tokens,
-    output_tokens = d.output_tokens + excluded.output_tokens
+# One statement per batch: the events go in idempotently, and effects, usage records and daily
+# rollups are derived from the rows actually inserted (`ins`), so a batch delivered twice adds
+# nothing. Rollup rows are written in key order, so two writers lock them in the same order.
+INSERT_BATCH = """
+WITH ins AS (
+    INSERT INTO ledger_events (org, event_id, type, reservation_id, at, amount_nanos,
+        released_nanos, late, subject, usage, price_ref, refund_id, expires_at_ms, fingerprint,
+        budget_uids, latency_ms, stream_id)
+    SELECT $1, e.event_id, e.type, e.reservation_id,
+        timestamptz 'epoch' + e.at_ms * interval '1 millisecond', e.amount, e.released, e.late,
+        e.subject::jsonb, e.usage::jsonb, e.price_ref, e.refund_id, e.expires_at_ms,
+        e.fingerprint, string_to_array(e.uids, ',')::bigint[], e.latency_ms, e.stream_id
+    FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[],
+        $8::boolean[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[],
+        $14::text[], $15::text[], $16::int[], $17::text[])
+        AS e(event_id, type, reservation_id, at_ms, amount, released, late, subject, usage,
+             price_ref, refund_id, expires_at_ms, fingerprint, uids, latency_ms, stream_id)
+    ON CONFLICT (org, event_id) DO NOTHING
+    RETURNING *
+),
+fx AS (
+    INSERT INTO ledger_effects (org, event_id, budget_uid, period_start_ms, spent_delta,
+        reserved_delta)
+    SELECT $1, f.event_id, f.uid, f.pstart, f.spent, f.reserved
+    FROM unnest($18::text[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[])
+        AS f(event_id, uid, pstart, spent, reserved)
+    JOIN ins USING (event_id)
+),
+u AS (
+    SELECT org, event_id, reservation_id, at,
+        CASE WHEN type = 'refund' THEN 'refund' WHEN late THEN 'late' ELSE 'ok' END AS outcome,
+        coalesce(subject->>'team', '') AS team, coalesce(subject->>'project', '') AS project,
+        coalesce(subject->>'user', '') AS "user", coalesce(subject->>'provider', '') AS provider,
+        coalesce(subject->>'model', '') AS model,
+        coalesce((SELECT jsonb_object_agg(substr(s.key, 5), s.value) FROM jsonb_each(subject) s
+                  WHERE s.key LIKE 'tag:%'), '{}'::jsonb) AS tags,
+        CASE WHEN type = 'refund' THEN -amount_nanos ELSE amount_nanos END AS cost_nanos,
+        CASE WHEN type = 'refund' THEN 0 ELSE 1 END AS requests,
+        coalesce((usage->>'input_tokens')::bigint, 0) AS input_tokens,
+        coalesce((usage->>'output_tokens')::bigint, 0) AS output_tokens,
+        coalesce((usage->>'cached_input_tokens')::bigint, 0) AS cached_input_tokens,
+        -- cache writes of both lifetimes (5-minute and 1-hour)
+        coalesce((usage->>'cache_write_tokens')::bigint, 0)
+            + coalesce((usage->>'cache_write_1h_tokens')::bigint, 0) AS cache_write_tokens,
+        coalesce((usage->>'reasoning_tokens')::bigint, 0) AS reasoning_tokens,
+        latency_ms, price_ref
+    FROM ins
+    WHERE type IN ('commit', 'refund')
+),
+usage_rows AS (
+    INSERT INTO usage_records (org, event_id, reservation_id, at, outcome, team, project, "user",
+        provider, model, tags, cost_nanos, requests, input_tokens, output_tokens,
+        cached_input_tokens, cache_write_tokens, reasoning_tokens, latency_ms, price_ref)
+    SELECT * FROM u
+),
+rollup AS (
+    INSERT INTO spend_daily AS d (org, day, team, project, "user", provider, model, tags,
+        cost_nanos, requests, input_tokens, output_tokens)
+    SELECT org, (at AT TIME ZONE 'UTC')::date AS day, team, project, "user", provider, model,
+        tags, sum(cost_nanos), sum(requests), sum(input_tokens), sum(output_tokens)
+    FROM u
+    GROUP BY org, day, team, project, "user", provider, model, tags
+    ORDER BY day, team, project, "user", provider, model, tags
+    ON CONFLICT (org, day, team, project, "user", provider, model, tags) DO UPDATE SET
+        cost_nanos = d.cost_nanos + excluded.cost_nanos,
+        requests = d.requests + excluded.requests,
+        input_tokens = d.input_tokens + excluded.input_tokens,
+        output_tokens = d.output_tokens + excluded.output_tokens
+)
+SELECT count(*) FROM ins
 """
 
 
 async def insert_events(conn: asyncpg.Connection, org: str, events: list[LedgerEvent]) -> int:
-    """Insert `events` (one org's) idempotently in the caller's transaction; answers how many
-    were new."""
-    columns: list[list[Any]] = [[] for _ in range(15)]
+    """Insert `events` (one org's) idempotently; answers how many were new."""
+    columns: list[list[Any]] = [[] for _ in range(16)]
+    effects: list[list[Any]] = [[] for _ in range(5)]
     for e in events:
         row: tuple[Any, ...] = (
-            e.event_id, e.type, e.reservation_id, e.at, e.amount_nanos, e.released_nanos, e.late,
-            json.dumps(e.subject, sort_keys=True), json.dumps(e.usage) if e.usage else None,
-            e.price_ref, e.refund_id, e.expires_at_ms, e.fingerprint,
+            e.event_id, e.type, e.reservation_id, e.at_ms, e.amount_nanos, e.released_nanos,
+            e.late, e.subject_json, e.usage_json, e.price_ref, e.refund_id, e.expires_at_ms,
+            e.fingerprint,
             ",".join(str(x.budget_uid) for x in e.effects) if e.type == "reserve" else "",
-            e.stream_id,
+            e.latency_ms, e.stream_id,
         )  # fmt: skip
         for column, value in zip(columns, row, strict=True):
             column.append(value)
-    inserted = {r["event_id"] for r in await conn.fetch(INSERT_EVENTS, org, *columns)}
-    if not inserted:
-        return 0
-    new = [e for e in events if e.event_id in inserted]
-    effects = [(e.event_id, x) for e in new for x in e.effects]
-    if effects:
-        await conn.execute(
-            INSERT_EFFECTS,
-            org,
-            [event_id for event_id, _ in effects],
-            [x.budget_uid for _, x in effects],
-            [x.period_start_ms for _, x in effects],
-            [x.spent_delta for _, x in effects],
-            [x.reserved_delta for _, x in effects],
-        )
-    usage = [u for e in new if (u := e.usage_row()) is not None]
-    if usage:
-        await conn.execute(
-            INSERT_USAGE, org, *(list(column) for column in zip(*usage, strict=True))
-        )
-        await conn.execute(ROLL_UP, org, [row[0] for row in usage])
-    return len(inserted)
+        for x in e.effects:
+            values = (e.event_id, x.budget_uid, x.period_start_ms, x.spent_delta, x.reserved_delta)
+            for column, value in zip(effects, values, strict=True):
+                column.append(value)
+    inserted: int = await conn.fetchval(INSERT_BATCH, org, *columns, *effects)
+    return inserted
 
 
 def _next_id(stream_id: str) -> str:
@@ -346,7 +312,7 @@ class LedgerWriter:
         if not entries:
             return 0, False
         events = [LedgerEvent.parse(org, i, f) for i, f in entries]
-        async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+        async with self.pool.acquire(timeout=5) as conn:
             new = await insert_events(conn, org, events)
         ids = [i for i, _ in entries]
         await self.redis.xack(stream, GROUP, *ids)

@@ -152,3 +152,22 @@ async def test_metrics_show_the_writer_and_a_counter_that_drifted_from_the_ledge
         assert metrics["budget_ledger_reconcile_differences"] == before + 1
     finally:
         await app.redis.hincrby(keys.budget(org, uid), "spent", -7)
+
+
+async def test_token_commit_records_tokens_by_kind_model_and_price(app, budgets, admin, org):
+    await upsert(admin, org, "cap", usd("10"))
+    held = await budgets.Reserve(pb.ReserveRequest(
+        reservation_id=rid(), subject=pb.Subject(org=org, model="gpt-4o", user="ana"),
+        usage=pb.Usage(input_tokens=1200, output_tokens=800)))  # fmt: skip
+    done = await budgets.Commit(pb.CommitRequest(
+        org=org, reservation_id=held.reservation_id, latency_ms=1234,
+        usage=pb.Usage(input_tokens=1200, cached_input_tokens=1024, output_tokens=300,
+                       reasoning_tokens=100, cache_write_1h_tokens=50)))  # fmt: skip
+    assert await reconcile.compare(app.engine.scripts, app.pool, org=org) == []
+    row = await app.pool.fetchrow("SELECT * FROM usage_records WHERE org = $1", org)
+    who = (row["model"], row["user"], row["outcome"], row["latency_ms"])
+    assert who == ("gpt-4o", "ana", "ok", 1234)
+    kinds = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
+             "cache_write_tokens")  # fmt: skip
+    assert [row[k] for k in kinds] == [1200, 1024, 300, 100, 50]
+    assert (row["cost_nanos"], row["price_ref"]) == (done.charged_nanos, str(held.price_version))

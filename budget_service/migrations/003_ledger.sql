@@ -15,6 +15,7 @@
 -- BRIN indexes on time keep scans of old data cheap. Time partitioning can be added later
 -- without changing the writer (it inserts through INSERT ... SELECT FROM unnest).
 
+
 CREATE TABLE ledger_events (
     org             text        NOT NULL,
     event_id        text        NOT NULL,
@@ -35,6 +36,7 @@ CREATE TABLE ledger_events (
     expires_at_ms   bigint      NOT NULL DEFAULT 0,
     fingerprint     text        NOT NULL DEFAULT '',
     budget_uids     bigint[]    NOT NULL DEFAULT '{}',
+    latency_ms      integer,
     stream_id       text        NOT NULL,
     written_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (org, event_id)
