@@ -35,6 +35,7 @@ from budget_service import keys
 log = structlog.get_logger(__name__)
 
 GROUP = "ledger"
+SEPARATOR = "\x1f"  # between an event's names and values (scripts/lib.lua `outbox`)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,9 @@ class LedgerEvent:
     effects: tuple[Effect, ...]
 
     @classmethod
-    def parse(cls, org: str, stream_id: str, f: dict[str, str]) -> LedgerEvent:
+    def parse(cls, org: str, stream_id: str, entry: dict[str, str]) -> LedgerEvent:
+        parts = entry["e"].split(SEPARATOR)
+        f = dict(zip(parts[::2], parts[1::2], strict=True))
         kind, rid, created = f["t"], f["rid"], f.get("c", "0")
         refund_id = f.get("rfid", "")
         event_id = f"{kind}:{rid}@{created}" + (f"/{refund_id}" if refund_id else "")

@@ -171,3 +171,18 @@ async def test_token_commit_records_tokens_by_kind_model_and_price(app, budgets,
              "cache_write_tokens")  # fmt: skip
     assert [row[k] for k in kinds] == [1200, 1024, 300, 100, 50]
     assert (row["cost_nanos"], row["price_ref"]) == (done.charged_nanos, str(held.price_version))
+
+
+async def test_two_writers_share_the_backlog_without_duplicates(
+    paused_writer, budgets, admin, clock, org
+):
+    app = paused_writer
+    for _ in range(3):
+        await traffic(budgets, admin, clock, org)
+    writers = [LedgerWriter(app.redis, app.pool, consumer=f"w{i}", batch_size=4) for i in (1, 2)]
+    await asyncio.gather(*(w.drain_until_empty() for w in writers))
+    assert sum(w.stats.written for w in writers) >= 24
+    assert all(w.stats.written > 0 for w in writers)  # both took part
+    assert sum(w.stats.duplicates for w in writers) == 0  # the group gave each entry to one
+    assert await ledger_rows(app, org) == {"reserve": 12, "commit": 6, "release": 3, "refund": 3}
+    assert await reconcile.compare(app.engine.scripts, app.pool, org=org) == []
