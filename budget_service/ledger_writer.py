@@ -206,6 +206,7 @@ class WriterStats:
     duplicates: int = 0  # events delivered again and skipped by event id
     batches: int = 0
     failures: int = 0
+    malformed: int = 0  # events set aside (unreadable): a bug, see ba:{org}:ledger:malformed
     backlog_events: int = 0  # entries in the streams not yet trimmed (unacknowledged or newer)
     oldest_event_age_seconds: float = 0.0
 
@@ -231,6 +232,9 @@ class LedgerWriter:
         self.max_backoff = max_backoff_seconds
         self.stats = WriterStats()
         self._groups: set[str] = set()
+        # streams whose entries delivered to this consumer are all acknowledged
+        self._own_pending_checked: set[str] = set()
+        self._next_claim: dict[str, float] = {}
         self._retry_at = 0.0
         self._backoff = 0.0
 
@@ -285,22 +289,28 @@ class LedgerWriter:
                 raise
         self._groups.add(stream)
 
-    async def _read(self, stream: str) -> list[tuple[str, dict[str, str]]]:
-        """Own pending entries, else a dead writer's, else new ones."""
-        for start in ("0", ">"):
-            if start == ">":
-                claimed: Any = await self.redis.xautoclaim(
-                    stream, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=self.batch_size
-                )
-                if claimed[1]:
-                    return [(i, f) for i, f in claimed[1] if f]
+    async def _read(self, stream: str) -> list[tuple[str, dict[str, str] | None]]:
+        """This writer's own unacknowledged entries (after a start or a failed batch), else a
+        dead writer's idle ones (XAUTOCLAIM, checked every half idle time), else new ones."""
+        if stream not in self._own_pending_checked:
             reply: Any = await self.redis.xreadgroup(
-                GROUP, self.consumer, {stream: start}, count=self.batch_size
+                GROUP, self.consumer, {stream: "0"}, count=self.batch_size
             )
-            entries = [(i, f) for i, f in reply[0][1] if f] if reply and reply[0][1] else []
-            if entries:
-                return entries
-        return []
+            if reply and reply[0][1]:
+                return list(reply[0][1])
+            self._own_pending_checked.add(stream)
+        now = time.monotonic()
+        if now >= self._next_claim.get(stream, 0.0):
+            self._next_claim[stream] = now + self.claim_idle_ms / 2000
+            claimed: Any = await self.redis.xautoclaim(
+                stream, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=self.batch_size
+            )
+            if claimed[1]:
+                return list(claimed[1])
+        reply = await self.redis.xreadgroup(
+            GROUP, self.consumer, {stream: ">"}, count=self.batch_size
+        )
+        return list(reply[0][1]) if reply and reply[0][1] else []
 
     async def _drain_org_batch(self, org: str) -> tuple[int, bool]:
         stream = keys.ledger(org)
@@ -314,11 +324,21 @@ class LedgerWriter:
             return 0, True
         if not entries:
             return 0, False
-        events = [LedgerEvent.parse(org, i, f) for i, f in entries]
-        async with self.pool.acquire(timeout=5) as conn:
-            new = await insert_events(conn, org, events)
-        ids = [i for i, _ in entries]
-        await self.redis.xack(stream, GROUP, *ids)
+        events = []
+        for entry_id, fields in entries:
+            if not fields:  # trimmed while pending (only after data loss): nothing to write
+                continue
+            try:
+                events.append(LedgerEvent.parse(org, entry_id, fields))
+            except (KeyError, ValueError) as exc:
+                await self._set_aside(org, entry_id, fields, exc)
+        self._own_pending_checked.discard(stream)  # until this batch is acknowledged
+        new = 0
+        if events:
+            async with self.pool.acquire(timeout=5) as conn:
+                new = await insert_events(conn, org, events)
+        await self.redis.xack(stream, GROUP, *(entry_id for entry_id, _ in entries))
+        self._own_pending_checked.add(stream)
         await self._trim(stream)
         self.stats.written += new
         self.stats.duplicates += len(events) - new
@@ -326,6 +346,15 @@ class LedgerWriter:
         if new < len(events):
             log.info("ledger.duplicates_skipped", org=org, count=len(events) - new)
         return new, len(entries) >= self.batch_size
+
+    async def _set_aside(
+        self, org: str, entry_id: str, fields: dict[str, str], exc: Exception
+    ) -> None:
+        """Keep an event the writer cannot read in `ba:{org}:ledger:malformed`, never lose it."""
+        self.stats.malformed += 1
+        kept: dict[Any, Any] = {**fields, "stream_id": entry_id, "error": repr(exc)}
+        await self.redis.xadd(keys.ledger_malformed(org), kept)
+        log.error("ledger.malformed_event", org=org, stream_id=entry_id, error=repr(exc))
 
     async def _trim(self, stream: str) -> None:
         """Drop entries every writer has acknowledged."""

@@ -43,6 +43,11 @@ class LedgerCollector(Collector):
         yield CounterMetricFamily(
             "budget_ledger_write_failures", "Failed drain attempts (retried)", s.failures
         )
+        yield CounterMetricFamily(
+            "budget_ledger_malformed_events",
+            "Outbox entries the writer could not read, set aside in ba:{org}:ledger:malformed",
+            s.malformed,
+        )
         r = self.reconciled
         if r.runs:
             differences = GaugeMetricFamily(

@@ -186,3 +186,20 @@ async def test_two_writers_share_the_backlog_without_duplicates(
     assert sum(w.stats.duplicates for w in writers) == 0  # the group gave each entry to one
     assert await ledger_rows(app, org) == {"reserve": 12, "commit": 6, "release": 3, "refund": 3}
     assert await reconcile.compare(app.engine.scripts, app.pool, org=org) == []
+
+
+async def test_an_unreadable_outbox_entry_is_set_aside_and_the_rest_written(
+    paused_writer, budgets, admin, clock, org
+):
+    app = paused_writer
+    await upsert(admin, org, "cap", usd("1"))
+    await reserve(budgets, org, usd("0.01"))
+    await app.redis.xadd(keys.ledger(org), {"e": "not an event"})
+    await reserve(budgets, org, usd("0.02"))
+    writer = LedgerWriter(app.redis, app.pool, consumer="careful")
+    await writer.drain_until_empty()
+    assert writer.stats.malformed == 1
+    assert await ledger_rows(app, org) == {"reserve": 2}
+    [(_, kept)] = await app.redis.xrange(keys.ledger_malformed(org))
+    assert kept["e"] == "not an event" and "error" in kept
+    assert await reconcile.compare(app.engine.scripts, app.pool, org=org) == []
