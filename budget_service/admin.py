@@ -15,6 +15,7 @@ from budget_service.budgets import validate_budget
 from budget_service.clock import Clock
 from budget_service.config_sync import ConfigSync
 from budget_service.errors import InvalidArgument, Unavailable
+from budget_service.metrics import ServiceMetrics
 from budget_service.periods import bounds_ms
 from budget_service.reports import SpendReports, parse_request
 from budget_service.rpc import Context, rpc
@@ -54,6 +55,9 @@ def _after_id(token: str) -> str:
 
 class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
     """Upsert / Get / List / Delete budgets, a budget's current period, and spend reports."""
+
+    SERVICE = "budget.v1.BudgetAdminService"
+    metrics: ServiceMetrics | None = None
 
     def __init__(
         self, repo: BudgetRepository, sync: ConfigSync, client: aioredis.Redis, clock: Clock

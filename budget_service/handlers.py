@@ -12,7 +12,8 @@ from budget_service import price_refs
 from budget_service import validation as v
 from budget_service.budgets import subject_pairs
 from budget_service.engine import Balance, Committed, Engine
-from budget_service.errors import FailedPrecondition, InvalidArgument, Unavailable
+from budget_service.errors import BudgetExceeded, FailedPrecondition, InvalidArgument, Unavailable
+from budget_service.metrics import ServiceMetrics
 from budget_service.org_overrides import OrgOverrides
 from budget_service.price_table import PriceTable, UnknownModel
 from budget_service.rpc import Context, rpc
@@ -55,6 +56,9 @@ def balances_to_proto(balances: list[Balance]) -> list[pb.BudgetBalance]:
 
 class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
     """Reserve / Commit / Release / Refund / Extend."""
+
+    SERVICE = "budget.v1.BudgetService"
+    metrics: ServiceMetrics | None = None
 
     def __init__(
         self,
@@ -102,16 +106,23 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
             amount = self._amount("amount_nanos", request.amount_nanos)
         ttl_ms = self._ttl_ms("ttl", request.ttl, request.HasField("ttl"))
         v.check_enum("priority", request.priority, PRIORITIES)
-        held = await self.engine.reserve(
-            org,
-            rid,
-            _fingerprint(request),
-            pairs,
-            amount,
-            critical=request.priority == pb.PRIORITY_CRITICAL,
-            ttl_ms=ttl_ms,
-            price_ref=price_ref,
-        )
+        try:
+            held = await self.engine.reserve(
+                org,
+                rid,
+                _fingerprint(request),
+                pairs,
+                amount,
+                critical=request.priority == pb.PRIORITY_CRITICAL,
+                ttl_ms=ttl_ms,
+                price_ref=price_ref,
+            )
+        except BudgetExceeded as refused:
+            if self.metrics is not None:
+                self.metrics.refused(org, [r.budget_id for r in refused.refusals])
+            raise
+        if self.metrics is not None:
+            self.metrics.admitted(org, [b.budget_id for b in held.budgets])
         response = pb.ReserveResponse(
             reservation_id=rid,
             reserved_nanos=held.amount_nanos,

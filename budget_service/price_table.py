@@ -77,6 +77,11 @@ class PriceTable:
         self.version = max(self.version, entry.version)
         self._resolved.clear()
 
+    def newest_effective_from_ms(self) -> int | None:
+        """When the newest price version took effect (None before the table loads)."""
+        entry = self._versions.get(self.version)
+        return None if entry is None else entry.effective_from_ms
+
     def by_version(self, version: int) -> PricedModel:
         """The price a reservation was made with."""
         entry = self._versions.get(version)

@@ -10,6 +10,7 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 import structlog
 
+from budget_service import tracing
 from budget_service.errors import BudgetServiceError, to_grpc_status
 
 log = structlog.get_logger("budget_service.rpc")
@@ -31,15 +32,28 @@ def _org(request: Any) -> str:
 
 
 def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
-    """Log one line per call (method, org, outcome, latency) and map errors to gRPC status."""
+    """Log one line per call (method, org, outcome, latency) and map errors to gRPC status.
+
+    The servicer's `metrics` (ServiceMetrics or None) counts the call under its `SERVICE`
+    name; with tracing on, the call runs in a span named `<SERVICE>/<method>`.
+    """
 
     def decorate(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         @functools.wraps(handler)
         async def wrapper(self: Any, request: Req, context: Context) -> Resp:
             start = time.perf_counter()
             outcome = "OK"
+            service: str = getattr(self, "SERVICE", "")
             try:
-                return await handler(self, request, context)
+                with tracing.span(f"{service}/{method}", context, _org(request)):
+                    try:
+                        return await handler(self, request, context)
+                    except BudgetServiceError as err:
+                        tracing.set_outcome(err.code.name)
+                        raise
+                    except Exception:
+                        tracing.set_outcome("INTERNAL")
+                        raise
             except BudgetServiceError as err:
                 outcome = err.code.name
                 await context.abort_with_status(to_grpc_status(err))  # type: ignore[attr-defined]
@@ -50,12 +64,16 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the log")
                 raise
             finally:
+                elapsed = time.perf_counter() - start
+                metrics = getattr(self, "metrics", None)
+                if metrics is not None:
+                    metrics.observe_call(service, method, outcome, elapsed)
                 log.info(
                     "rpc",
                     method=method,
                     org=_org(request),
                     outcome=outcome,
-                    latency_ms=round((time.perf_counter() - start) * 1000, 3),
+                    latency_ms=round(elapsed * 1000, 3),
                 )
 
         return wrapper

@@ -14,8 +14,9 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # stale stubs
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
-from budget_service import db, store
+from budget_service import db, store, tracing
 from budget_service.admin import BudgetAdminService
 from budget_service.budget_repo import BudgetRepository
 from budget_service.clock import Clock, SystemClock
@@ -25,7 +26,7 @@ from budget_service.engine import Engine
 from budget_service.errors import ConfigError
 from budget_service.handlers import BudgetService
 from budget_service.ledger_writer import LedgerWriter
-from budget_service.metrics import LedgerCollector, MetricsServer
+from budget_service.metrics import MetricsServer, ServiceMetrics, StateCollector, Utilization
 from budget_service.org_overrides import OrgOverrides
 from budget_service.periodic import Periodic
 from budget_service.price_table import PriceTable
@@ -36,6 +37,7 @@ from budget_service.sweeper import Sweeper
 from genproto.budget.v1 import budget_pb2, budget_pb2_grpc
 
 log = structlog.get_logger(__name__)
+UTILIZATION_SECONDS = 10.0  # how often budget_utilization_ratio is re-read from Redis
 SERVICE_NAMES = (
     budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
     budget_pb2.DESCRIPTOR.services_by_name["BudgetAdminService"].full_name,
@@ -58,6 +60,7 @@ class App:
     budget_service: BudgetService
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     reconciled: ReconcileResult
+    utilization: Utilization
     metrics: MetricsServer | None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -90,6 +93,7 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
             "REDIS_URL and DATABASE_URL must be set (or use `make run`, which starts both)"
         )
     clock = clock or SystemClock()
+    tracing.configure(settings.tracing_exporter, "budget-service")
     redis = store.connect(
         settings.redis_url,
         timeout_seconds=settings.redis_timeout_seconds,
@@ -120,9 +124,12 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     budget_pb2_grpc.add_BudgetServiceServicer_to_server(  # type: ignore[no-untyped-call]
         budget_service, server
     )
+    admin = BudgetAdminService(repo, sync, redis, clock)
     budget_pb2_grpc.add_BudgetAdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        BudgetAdminService(repo, sync, redis, clock), server
+        admin, server
     )
+    registry = CollectorRegistry()
+    budget_service.metrics = admin.metrics = ServiceMetrics(registry)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -172,10 +179,19 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
             lambda: reconciled.run(scripts, pool, wait_seconds=10.0),
         )
     )
+    utilization = Utilization.empty()
+    registry.register(StateCollector(ledger, reconciled, prices, utilization, clock.now_ms))
     metrics = None
     if settings.metrics_addr:
+        background.append(
+            Periodic(
+                "utilization",
+                UTILIZATION_SECONDS,
+                lambda: utilization.refresh(redis, engine.cache, clock),
+            )
+        )
         try:
-            metrics = MetricsServer(settings.metrics_addr, [LedgerCollector(ledger, reconciled)])
+            metrics = MetricsServer(settings.metrics_addr, registry)
         except ConfigError:
             await server.stop(0)
             await prices.stop()
@@ -190,5 +206,5 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     log.info("server.started", addr=f"{host}:{port}")
     return App(
         settings, server, port, redis, pool, engine, background, ledger, prices, budget_service,
-        health_servicer, reconciled, metrics,
+        health_servicer, reconciled, utilization, metrics,
     )  # fmt: skip

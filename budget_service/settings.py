@@ -69,6 +69,9 @@ class Settings:
     metrics_addr: str = _env(
         "METRICS_ADDR", "127.0.0.1:9464", "Prometheus /metrics host:port (empty: no metrics)"
     )
+    tracing_exporter: str = _env(
+        "TRACING_EXPORTER", "", "OpenTelemetry spans per RPC: otlp, console, global (empty: off)"
+    )
     shutdown_grace_seconds: float = _env(
         "SHUTDOWN_GRACE_SECONDS", 10.0, "how long in-flight calls may finish on shutdown"
     )

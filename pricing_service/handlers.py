@@ -59,6 +59,8 @@ class PricingService(pricing_pb2_grpc.PricingServiceServicer):
     """GetPrice / ListModels / EstimateCost / UpsertPrice / RefreshCatalog / WatchPrices, and
     the per-org price overrides."""
 
+    SERVICE = "pricing.v1.PricingService"
+
     def __init__(
         self,
         catalog: CatalogRepository,
