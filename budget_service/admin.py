@@ -13,6 +13,7 @@ from budget_service import validation as v
 from budget_service.budget_repo import BudgetRepository
 from budget_service.budgets import validate_budget
 from budget_service.clock import Clock
+from budget_service.config_cache import ConfigCache
 from budget_service.config_sync import ConfigSync
 from budget_service.errors import InvalidArgument, Unavailable
 from budget_service.metrics import ServiceMetrics
@@ -60,12 +61,18 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
     metrics: ServiceMetrics | None = None
 
     def __init__(
-        self, repo: BudgetRepository, sync: ConfigSync, client: aioredis.Redis, clock: Clock
+        self,
+        repo: BudgetRepository,
+        sync: ConfigSync,
+        client: aioredis.Redis,
+        clock: Clock,
+        cache: ConfigCache | None = None,
     ) -> None:
         self.repo = repo
         self.sync = sync
         self.client = client
         self.clock = clock
+        self.cache = cache or ConfigCache(client)
         self.reports = SpendReports(repo.pool)
 
     @rpc("UpsertBudget")
@@ -147,3 +154,47 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
         self, request: pb.GetSpendReportRequest, context: Context
     ) -> pb.SpendReport:
         return await self.reports.report(parse_request(request))
+
+    @rpc("ListReservations")
+    async def ListReservations(
+        self, request: pb.ListReservationsRequest, context: Context
+    ) -> pb.ListReservationsResponse:
+        org = v.require_id("org", request.org)
+        if request.page_size < 0 or request.page_size > MAX_PAGE:
+            raise InvalidArgument(
+                "page_size", f"is {request.page_size}; use 1 to {MAX_PAGE} (0 means {DEFAULT_PAGE})"
+            )
+        size = request.page_size or DEFAULT_PAGE
+        after = _after_id(request.page_token)
+        if not after.isdigit() and after:
+            raise InvalidArgument("page_token", "is not a token this service issued")
+        offset = int(after or 0)
+        ids: list[str] = await redis_call(
+            self.client.zrange(keys.expiries(org), offset, offset + size)
+        )
+        fields = ("state", "amount", "uids", "exp", "created", "subj", "pv")
+        async with self.client.pipeline(transaction=False) as pipe:
+            for rid in ids[:size]:
+                pipe.hmget(keys.reservation(org, rid), *fields)
+            records = await redis_call(pipe.execute())
+        config = await self.cache.reload(org)
+        out = pb.ListReservationsResponse()
+        for rid, (state, amount, uids, exp, created, subj, pv) in zip(ids, records, strict=False):
+            if state != "held":  # ended between the two reads
+                continue
+            item = out.reservations.add(
+                reservation_id=rid,
+                reserved_nanos=int(amount),
+                budget_ids=[
+                    config.by_uid[int(u)].id
+                    for u in (uids or "").split(",")
+                    if u and int(u) in config.by_uid
+                ],
+                subject=json.loads(subj or "{}"),
+                price_version=int(pv) if (pv or "0").isdigit() else 0,
+            )
+            item.created_at.FromMilliseconds(int(created or 0))
+            item.expires_at.FromMilliseconds(int(exp or 0))
+        if len(ids) > size:
+            out.next_page_token = _page_token(str(offset + size))
+        return out

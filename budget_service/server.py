@@ -124,7 +124,7 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     budget_pb2_grpc.add_BudgetServiceServicer_to_server(  # type: ignore[no-untyped-call]
         budget_service, server
     )
-    admin = BudgetAdminService(repo, sync, redis, clock)
+    admin = BudgetAdminService(repo, sync, redis, clock, engine.cache)
     budget_pb2_grpc.add_BudgetAdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
         admin, server
     )

@@ -26,21 +26,24 @@ def _text(value: Decimal | None) -> str:
     return "" if value is None else decimal_str(value)
 
 
-def to_proto(version: PriceVersion) -> pb.ModelPrice:
-    """The wire form of one catalog version."""
-    p = version.price
-    prices = prices_to_proto(p)
-    out = pb.ModelPrice(
+def price_to_proto(p: ModelPrice) -> pb.ModelPrice:
+    """The wire form of a catalog entry without a version (what UpsertPrice takes)."""
+    return pb.ModelPrice(
         provider=p.provider,
         model=p.model,
         aliases=p.aliases,
         mode=p.mode,
         max_input_tokens=p.max_input_tokens or 0,
         max_output_tokens=p.max_output_tokens or 0,
-        prices=prices,
-        version=version.version,
-        source=version.source,
+        prices=prices_to_proto(p),
     )
+
+
+def to_proto(version: PriceVersion) -> pb.ModelPrice:
+    """The wire form of one catalog version."""
+    out = price_to_proto(version.price)
+    out.version = version.version
+    out.source = version.source
     out.effective_from.FromDatetime(version.effective_from)
     return out
 

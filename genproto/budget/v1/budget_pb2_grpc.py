@@ -335,6 +335,11 @@ class BudgetAdminServiceStub:
                 request_serializer=budget_dot_v1_dot_budget__pb2.GetSpendReportRequest.SerializeToString,
                 response_deserializer=budget_dot_v1_dot_budget__pb2.SpendReport.FromString,
                 _registered_method=True)
+        self.ListReservations = channel.unary_unary(
+                '/budget.v1.BudgetAdminService/ListReservations',
+                request_serializer=budget_dot_v1_dot_budget__pb2.ListReservationsRequest.SerializeToString,
+                response_deserializer=budget_dot_v1_dot_budget__pb2.ListReservationsResponse.FromString,
+                _registered_method=True)
 
 
 class BudgetAdminServiceServicer:
@@ -383,6 +388,14 @@ class BudgetAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReservations(self, request, context):
+        """An org's live holds (reserved, not yet committed, released or expired), soonest expiry
+        first, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BudgetAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -415,6 +428,11 @@ def add_BudgetAdminServiceServicer_to_server(servicer, server):
                     servicer.GetSpendReport,
                     request_deserializer=budget_dot_v1_dot_budget__pb2.GetSpendReportRequest.FromString,
                     response_serializer=budget_dot_v1_dot_budget__pb2.SpendReport.SerializeToString,
+            ),
+            'ListReservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReservations,
+                    request_deserializer=budget_dot_v1_dot_budget__pb2.ListReservationsRequest.FromString,
+                    response_serializer=budget_dot_v1_dot_budget__pb2.ListReservationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -580,6 +598,33 @@ class BudgetAdminService:
             '/budget.v1.BudgetAdminService/GetSpendReport',
             budget_dot_v1_dot_budget__pb2.GetSpendReportRequest.SerializeToString,
             budget_dot_v1_dot_budget__pb2.SpendReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/budget.v1.BudgetAdminService/ListReservations',
+            budget_dot_v1_dot_budget__pb2.ListReservationsRequest.SerializeToString,
+            budget_dot_v1_dot_budget__pb2.ListReservationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
