@@ -11,7 +11,7 @@ help:
 	@echo "make test     run the whole test suite against real Redis and PostgreSQL"
 	@echo "make bench    measure budget calls per second against a trivial-RPC ceiling"
 	@echo "make protos   regenerate genproto/ from protos/"
-	@echo "make lint     ruff, mypy --strict and buf lint"
+	@echo "make lint     ruff, mypy --strict, buf lint and buf breaking against main"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy budget_service pricing_service devstack bench budgetctl
 	$(BIN)/buf lint
+	$(BIN)/buf breaking --against '.git#branch=main'
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -40,3 +40,32 @@ def test_protos_are_buf_lint_clean():
     assert buf, "buf is missing: it comes with the buf-bin package of the dev extra"
     result = subprocess.run([buf, "lint"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _buf() -> str:
+    buf = shutil.which("buf", path=str(BIN)) or shutil.which("buf")
+    assert buf, "buf is missing: it comes with the buf-bin package of the dev extra"
+    return buf
+
+
+def test_protos_have_no_breaking_change_against_main():
+    """Clients built on main's protos keep working with these (FILE rules of buf.yaml)."""
+    assert (ROOT / ".git").exists(), "buf breaking compares with main: run the tests in a clone"
+    result = subprocess.run([_buf(), "breaking", "--against", ".git#branch=main"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_buf_breaking_catches_a_removed_field(tmp_path):
+    """The check above is live: a copy of the protos without a field fails it."""
+    changed = tmp_path / "repo"
+    shutil.copytree(ROOT / "protos", changed / "protos")
+    shutil.copy(ROOT / "buf.yaml", changed / "buf.yaml")
+    proto = changed / "protos" / "budget" / "v1" / "budget.proto"
+    text = proto.read_text()
+    assert "  int64 overdraft_nanos = 9;\n" in text
+    proto.write_text(text.replace("  int64 overdraft_nanos = 9;\n", ""))
+    result = subprocess.run([_buf(), "breaking", "--against", str(ROOT)], cwd=changed,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode != 0
+    assert "overdraft_nanos" in result.stdout + result.stderr
