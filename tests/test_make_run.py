@@ -44,10 +44,10 @@ STOP_TIMEOUT = 60.0  # each service's 5 s grace (+ margin), then Redis and Postg
 COMMAND_TIMEOUT = 30.0
 PREFLIGHT_TIMEOUT = 30.0
 
-# Values that change from run to run; compared by presence only.
-TIME_FIELDS = frozenset(
-    {"expires_at", "created_at", "updated_at", "period_start", "period_end"}
-    | {"expiresAt", "createdAt", "updatedAt", "periodStart", "periodEnd"}
+# Values that change from run to run (times, catalog versions); compared by presence only.
+RUN_DEPENDENT_FIELDS = frozenset(
+    {"expires_at", "created_at", "updated_at", "period_start", "period_end", "price_version"}
+    | {"expiresAt", "createdAt", "updatedAt", "periodStart", "periodEnd", "priceVersion"}
 )
 STATUS_BUDGETS = ("demo-monthly", "demo-team-search", "demo-user-u42-daily")
 
@@ -120,9 +120,11 @@ def _json_or_none(text: str) -> Any:
 
 
 def normalized(value: Any) -> Any:
-    """JSON with run-dependent timestamps replaced by a marker (present, value ignored)."""
+    """JSON with run-dependent values replaced by a marker (present, value ignored)."""
     if isinstance(value, dict):
-        return {k: "<time>" if k in TIME_FIELDS else normalized(v) for k, v in value.items()}
+        return {
+            k: "<varies>" if k in RUN_DEPENDENT_FIELDS else normalized(v) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [normalized(v) for v in value]
     return value
@@ -143,9 +145,9 @@ def run_grpcurl(argv: list[str]) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def check_step(step: Step, addr: str) -> None:
+def check_step(step: Step, addr: str, pricing_addr: str = DOC_PRICING_ADDR) -> None:
     """Run one documented command; its exit status and answer must be the documented ones."""
-    result = run_grpcurl(step.argv(addr))
+    result = run_grpcurl(step.argv(addr, pricing_addr))
     # grpcurl prints answers on stdout and errors (also with -format-error) on stderr.
     actual = (result.stdout + result.stderr).strip()
     where = f"docs/walkthrough.md line {step.line}: {step.command.strip()}"
@@ -399,7 +401,7 @@ def test_make_run_walkthrough_stop_and_restart(tmp_path: Path, devstacks: list[D
     check_gpt_4o_price(run_grpcurl(price_command))
 
     for step in steps:
-        check_step(step, addr)
+        check_step(step, addr, pricing_addr)
 
     # Reservation ids are idempotency keys: running an admitted Reserve again answers the same
     # (a refusal holds nothing and is not recorded: a retry is decided afresh).
