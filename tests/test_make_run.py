@@ -358,7 +358,9 @@ def readme_budgetctl_commands() -> list[str]:
     ]
 
 
-def run_readme_budgetctl(command: str, addr: str, redis_port: int, pg_port: int) -> None:
+def run_readme_budgetctl(
+    command: str, addrs: tuple[str, str], redis_port: int, pg_port: int
+) -> None:
     """Run a README budgetctl line against a devstack on other ports than the defaults."""
     args = shlex.split(command)
     env = dict(os.environ)
@@ -366,7 +368,9 @@ def run_readme_budgetctl(command: str, addr: str, redis_port: int, pg_port: int)
         name, _, value = args.pop(0).partition("=")
         env[name] = value.replace(":6390/", f":{redis_port}/").replace(":5439/", f":{pg_port}/")
     assert args[0] == ".venv/bin/budgetctl", command
-    argv = [sys.executable, "-m", "budgetctl", "--addr", addr, *args[1:]]
+    addr, pricing_addr = addrs
+    argv = [sys.executable, "-m", "budgetctl", "--addr", addr, "--pricing-addr", pricing_addr,
+            *args[1:]]  # fmt: skip
     result = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"README: {command}\n{result.stdout}{result.stderr}"
 
@@ -453,7 +457,7 @@ def test_make_run_walkthrough_stop_and_restart(tmp_path: Path, devstacks: list[D
     budgetctl_lines = readme_budgetctl_commands()
     assert len(budgetctl_lines) >= 3
     for command in budgetctl_lines:
-        run_readme_budgetctl(command, addr, redis_port, pg_port)
+        run_readme_budgetctl(command, (addr, pricing_addr), redis_port, pg_port)
     assert second.interrupt() == 0, second.output()
 
 
