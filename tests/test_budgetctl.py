@@ -149,3 +149,37 @@ async def test_help_teaches_every_command(ctl):
     assert code == 0
     for command in ("budgets", "reservations", "prices", "report", "reconcile", "exit codes"):
         assert command in out
+
+
+async def test_price_overrides_set_list_delete_and_the_catalog_list(ctl, org):
+    code, out, err = await ctl("prices", "override", "set", "--org", org, "--provider", "openai",
+                               "--discount-percent", "15", "--actor", "ana")  # fmt: skip
+    assert code == 0, err
+    assert "openai/*" in out and "15" in out
+    code, out, err = await ctl(
+        "prices",
+        "override",
+        "set",
+        "--org",
+        org,
+        "--model",
+        "gpt-4o",
+        "--input",
+        "2",
+        "--output",
+        "8",
+    )
+    assert code == 0, err
+    code, out, _ = await ctl("prices", "override", "list", "--org", org, "--format", "json")
+    listed = json.loads(out)
+    assert {(o.get("provider"), o.get("model")) for o in listed} == {
+        ("openai", ""), ("openai", "gpt-4o")}  # fmt: skip
+    code, out, _ = await ctl("prices", "override", "delete", "--org", org, "--provider", "openai")
+    assert code == 0 and "deleted" in out
+    code, out, _ = await ctl("prices", "override", "list", "--org", org)
+    assert code == 0 and "openai/gpt-4o" in out and "openai/*" not in out
+    code, _, err = await ctl("prices", "override", "set", "--org", org, "--model", "gpt-4o",
+                             "--input", "2")  # fmt: skip
+    assert code == 2 and "--output" in err
+    code, out, _ = await ctl("prices", "list", "--provider", "anthropic")
+    assert code == 0 and "anthropic/claude-sonnet-4-5" in out and "openai/" not in out
