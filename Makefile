@@ -43,4 +43,4 @@ lint: $(STAMP)
 	$(BIN)/buf breaking --against '.git#branch=main'
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info clients/node/node_modules
