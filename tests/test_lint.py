@@ -27,5 +27,8 @@ def test_code_is_ruff_formatted():
 
 
 def test_mypy_strict_is_clean():
-    result = run("mypy", "budget_service", "pricing_service", "devstack", "bench", "budgetctl")
+    result = run(
+        "mypy", "budget_service", "pricing_service", "devstack", "bench", "budgetctl",
+        "budget_client", "examples",
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
