@@ -36,6 +36,14 @@ def _actor(context: Context) -> str:
     return f"peer:{context.peer()}"
 
 
+def _page_size(asked: int) -> int:
+    if asked < 0 or asked > MAX_PAGE:
+        raise InvalidArgument(
+            "page_size", f"is {asked}; use 1 to {MAX_PAGE} (0 means {DEFAULT_PAGE})"
+        )
+    return asked or DEFAULT_PAGE
+
+
 def _page_token(after_id: str) -> str:
     return base64.urlsafe_b64encode(json.dumps({"after": after_id}).encode()).decode()
 
@@ -99,11 +107,7 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
         self, request: pb.ListBudgetsRequest, context: Context
     ) -> pb.ListBudgetsResponse:
         org = v.require_id("org", request.org)
-        if request.page_size < 0 or request.page_size > MAX_PAGE:
-            raise InvalidArgument(
-                "page_size", f"is {request.page_size}; use 1 to {MAX_PAGE} (0 means {DEFAULT_PAGE})"
-            )
-        size = request.page_size or DEFAULT_PAGE
+        size = _page_size(request.page_size)
         rows = await self.repo.page(org, after_id=_after_id(request.page_token), limit=size + 1)
         page = rows[:size]
         token = _page_token(page[-1].id) if len(rows) > size else ""
@@ -160,11 +164,7 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
         self, request: pb.ListReservationsRequest, context: Context
     ) -> pb.ListReservationsResponse:
         org = v.require_id("org", request.org)
-        if request.page_size < 0 or request.page_size > MAX_PAGE:
-            raise InvalidArgument(
-                "page_size", f"is {request.page_size}; use 1 to {MAX_PAGE} (0 means {DEFAULT_PAGE})"
-            )
-        size = request.page_size or DEFAULT_PAGE
+        size = _page_size(request.page_size)
         after = _after_id(request.page_token)
         if not after.isdigit() and after:
             raise InvalidArgument("page_token", "is not a token this service issued")
