@@ -8,7 +8,7 @@ import json
 
 import redis.asyncio as aioredis
 
-from budget_service import keys
+from budget_service import keys, price_refs
 from budget_service import validation as v
 from budget_service.budget_repo import BudgetRepository
 from budget_service.budgets import validate_budget
@@ -17,7 +17,7 @@ from budget_service.config_cache import ConfigCache
 from budget_service.config_sync import ConfigSync
 from budget_service.errors import InvalidArgument, Unavailable
 from budget_service.metrics import ServiceMetrics
-from budget_service.periods import bounds_ms
+from budget_service.periods import bounds_ms, spent_in_period
 from budget_service.reports import SpendReports, parse_request
 from budget_service.rpc import Context, rpc
 from budget_service.store import redis_call
@@ -134,8 +134,7 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
             self.client.hmget(keys.budget(org, config.uid), "spent", "reserved", "pstart")
         )
         start, end = bounds_ms(config.period, config.timezone, self.clock.now_ms())
-        # A period that has started since the last call has not been reset yet: it is at zero.
-        spent = int(spent_s or 0) if int(pstart_s or 0) >= start else 0
+        spent = spent_in_period(spent_s, pstart_s, start)
         reserved = int(reserved_s or 0)
         status = pb.BudgetStatus(
             budget=config.to_proto(),
@@ -191,7 +190,7 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
                     if u and int(u) in config.by_uid
                 ],
                 subject=json.loads(subj or "{}"),
-                price_version=int(pv) if (pv or "0").isdigit() else 0,
+                price_version=price_refs.catalog_version(pv or price_refs.AMOUNT) or 0,
             )
             item.created_at.FromMilliseconds(int(created or 0))
             item.expires_at.FromMilliseconds(int(exp or 0))

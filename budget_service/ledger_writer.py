@@ -357,30 +357,31 @@ class LedgerWriter:
         log.error("ledger.malformed_event", org=org, stream_id=entry_id, error=repr(exc))
 
     async def _trim(self, stream: str) -> None:
-        """Drop entries every writer has acknowledged."""
-        pending: Any = await self.redis.xpending(stream, GROUP)
+        """Drop entries every writer has acknowledged (one round trip to decide, one to trim)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xpending(stream, GROUP)
+            pipe.xinfo_groups(stream)
+            pending, groups = await pipe.execute()
         if pending["pending"]:
             floor = pending["min"]
         else:
-            groups: Any = await self.redis.xinfo_groups(stream)
             last = next(g["last-delivered-id"] for g in groups if g["name"] == GROUP)
             floor = _next_id(last)
         await self.redis.xtrim(stream, minid=floor, approximate=False)
 
     async def _measure(self, orgs: list[str]) -> None:
-        backlog = 0
-        oldest_ms: int | None = None
-        for org in orgs:
-            stream = keys.ledger(org)
-            backlog += await self.redis.xlen(stream)
-            first: Any = await self.redis.xrange(stream, count=1)
-            if first:
-                ms = int(first[0][0].partition("-")[0])
-                oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
-        self.stats.backlog_events = backlog
+        """Backlog and lag over every org's stream, in one pipelined round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for org in orgs:
+                pipe.xlen(keys.ledger(org))
+                pipe.xrange(keys.ledger(org), count=1)
+            replies = await pipe.execute()
+        lengths, firsts = replies[0::2], replies[1::2]
+        oldest = [int(first[0][0].partition("-")[0]) for first in firsts if first]
+        self.stats.backlog_events = sum(lengths)
         now_ms = time.time() * 1000
         self.stats.oldest_event_age_seconds = (
-            0.0 if oldest_ms is None else max(0.0, (now_ms - oldest_ms) / 1000)
+            max(0.0, (now_ms - min(oldest)) / 1000) if oldest else 0.0
         )
 
     async def drain_until_empty(self, timeout_seconds: float = 30.0) -> int:

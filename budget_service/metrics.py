@@ -27,7 +27,7 @@ from budget_service.clock import Clock
 from budget_service.config_cache import ConfigCache
 from budget_service.errors import ConfigError
 from budget_service.ledger_writer import LedgerWriter
-from budget_service.periods import bounds_ms
+from budget_service.periods import bounds_ms, spent_in_period
 from budget_service.price_table import PriceTable
 from budget_service.reconcile import ReconcileResult
 from budget_service.store import redis_call
@@ -96,8 +96,7 @@ class Utilization:
                     pipe.hmget(keys.budget(org, b.uid), "spent", "pstart")
                 states = await redis_call(pipe.execute())
             for b, (spent, pstart) in zip(config.budgets, states, strict=True):
-                start = bounds_ms(b.period, b.timezone, now)[0]
-                in_period = int(spent or 0) if int(pstart or 0) >= start else 0
+                in_period = spent_in_period(spent, pstart, bounds_ms(b.period, b.timezone, now)[0])
                 # a ratio for a dashboard, not money: a float is what Prometheus carries
                 ratios[(org, b.id)] = in_period / b.limit_nanos if b.limit_nanos else 0.0
         self.ratios = ratios

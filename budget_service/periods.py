@@ -75,3 +75,11 @@ def bounds_ms(period: int, timezone: str, now_ms: int) -> tuple[int, int | None]
         _current.clear()
     _current[(period, timezone)] = (start_ms, end_ms)
     return start_ms, end_ms
+
+
+def spent_in_period(spent: str | None, pstart: str | None, start_ms: int) -> int:
+    """A budget's spent counter as of the period starting at `start_ms`.
+
+    Resets are lazy: a counter still holding an earlier period's spend counts as zero.
+    """
+    return int(spent or 0) if int(pstart or 0) >= start_ms else 0

@@ -12,6 +12,7 @@ a replica promoted without the latest writes). Run it with traffic stopped:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import sys
@@ -21,14 +22,15 @@ from dataclasses import asdict, dataclass, field
 import asyncpg
 import structlog
 
-from budget_service import keys
+from budget_service import db, keys, logs, store
 from budget_service.budget_repo import BudgetRepository
 from budget_service.budgets import BudgetConfig
-from budget_service.clock import Clock
+from budget_service.clock import Clock, SystemClock
 from budget_service.config_sync import ConfigSync
-from budget_service.errors import Unavailable
+from budget_service.errors import BudgetServiceError, Unavailable
 from budget_service.ledger_writer import GROUP
 from budget_service.periods import bounds_ms
+from budget_service.settings import Settings
 from budget_service.store import Scripts, redis_call
 
 log = structlog.get_logger(__name__)
@@ -266,12 +268,6 @@ Reads REDIS_URL and DATABASE_URL (and IDEMPOTENCY_RETENTION_SECONDS) like the se
 
 
 async def _main(argv: list[str]) -> int:
-    import argparse
-
-    from budget_service import db, logs, store
-    from budget_service.clock import SystemClock
-    from budget_service.settings import Settings
-
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--org")
     parser.add_argument("--rebuild", action="store_true")
@@ -327,8 +323,6 @@ async def _main(argv: list[str]) -> int:
 
 def run(argv: list[str]) -> int:
     """Run the command; answers its exit code (0 equal, 1 differences, 2 usage, 4 unreachable)."""
-    from budget_service.errors import BudgetServiceError, Unavailable
-
     try:
         return asyncio.run(_main(argv))
     except Unavailable as exc:

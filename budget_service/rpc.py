@@ -44,23 +44,17 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
             start = time.perf_counter()
             outcome = "OK"
             service: str = getattr(self, "SERVICE", "")
+            org = _org(request)
             try:
-                with tracing.span(f"{service}/{method}", context, _org(request)):
-                    try:
-                        return await handler(self, request, context)
-                    except BudgetServiceError as err:
-                        tracing.set_outcome(err.code.name)
-                        raise
-                    except Exception:
-                        tracing.set_outcome("INTERNAL")
-                        raise
+                with tracing.span(service, method, context, org):
+                    return await handler(self, request, context)
             except BudgetServiceError as err:
                 outcome = err.code.name
                 await context.abort_with_status(to_grpc_status(err))  # type: ignore[attr-defined]
                 raise  # unreachable: abort_with_status raises
             except Exception:
                 outcome = "INTERNAL"
-                log.exception("rpc.failed", method=method, org=_org(request))
+                log.exception("rpc.failed", method=method, org=org)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the log")
                 raise
             finally:
@@ -71,7 +65,7 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
                 log.info(
                     "rpc",
                     method=method,
-                    org=_org(request),
+                    org=org,
                     outcome=outcome,
                     latency_ms=round(elapsed * 1000, 3),
                 )

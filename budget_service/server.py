@@ -139,16 +139,22 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
         port = server.add_insecure_port(settings.budget_addr)
     except RuntimeError:
         port = 0
-    if port == 0:
+    metrics = None
+    try:  # both listeners are bound before anything is served
+        if port == 0:
+            raise ConfigError(
+                f"BUDGET_ADDR={settings.budget_addr!r}: cannot listen there (address in use or"
+                " not local); choose another address"
+            )
+        if settings.metrics_addr:
+            metrics = MetricsServer(settings.metrics_addr, registry)
+    except ConfigError:
         await prices.stop()
         await overrides.stop()
         scripts.close()
         await redis.aclose()
         await pool.close()
-        raise ConfigError(
-            f"BUDGET_ADDR={settings.budget_addr!r}: cannot listen there (address in use or"
-            " not local); choose another address"
-        )
+        raise
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -181,8 +187,7 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     )
     utilization = Utilization.empty()
     registry.register(StateCollector(ledger, reconciled, prices, utilization, clock.now_ms))
-    metrics = None
-    if settings.metrics_addr:
+    if metrics is not None:
         background.append(
             Periodic(
                 "utilization",
@@ -190,16 +195,6 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
                 lambda: utilization.refresh(redis, engine.cache, clock),
             )
         )
-        try:
-            metrics = MetricsServer(settings.metrics_addr, registry)
-        except ConfigError:
-            await server.stop(0)
-            await prices.stop()
-            await overrides.stop()
-            scripts.close()
-            await redis.aclose()
-            await pool.close()
-            raise
     for job in background:
         job.start()
     host = settings.budget_addr.rsplit(":", 1)[0]

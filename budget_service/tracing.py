@@ -11,10 +11,11 @@ A caller's W3C `traceparent` metadata makes each span a child of the caller's sp
 from __future__ import annotations
 
 import importlib
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-from budget_service.errors import ConfigError
+from budget_service.errors import BudgetServiceError, ConfigError
 
 EXPORTERS = ("", "otlp", "console", "global")
 _enabled = False
@@ -56,30 +57,42 @@ def configure(exporter: str, service_name: str) -> None:
     _enabled = True
 
 
-def span(name: str, context: Any, org: str) -> AbstractContextManager[Any]:
+def span(service: str, method: str, context: Any, org: str) -> AbstractContextManager[Any]:
     """A server span for one call (a no-op context when tracing is off)."""
     if not _enabled:
         return nullcontext()
+    return _span(f"{service}/{method}", context, org)
+
+
+@contextmanager
+def _span(name: str, context: Any, org: str) -> Iterator[Any]:
     from opentelemetry import propagate, trace
 
     metadata = context.invocation_metadata() or ()
     carrier = {k: v for k, v in metadata if isinstance(v, str)}
     tracer = trace.get_tracer("budget_service")
-    return tracer.start_as_current_span(
+    with tracer.start_as_current_span(
         name,
         context=propagate.extract(carrier),
         kind=trace.SpanKind.SERVER,
         attributes={"rpc.system": "grpc", "budget.org": org},
-    )
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as current:
+        try:
+            yield current
+        except BudgetServiceError as err:
+            _set_outcome(current, err.code.name)
+            raise
+        except Exception:
+            _set_outcome(current, "INTERNAL")
+            raise
 
 
-def set_outcome(code: str) -> None:
-    """Record the call's status code on the current span."""
-    if not _enabled:
-        return
+def _set_outcome(current: Any, code: str) -> None:
+    """Record the call's status code on its span; errors other than refusals mark it failed."""
     from opentelemetry import trace
 
-    current = trace.get_current_span()
     current.set_attribute("rpc.grpc.status_code", code)
     if code not in ("OK", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT", "NOT_FOUND"):
         current.set_status(trace.Status(trace.StatusCode.ERROR, code))

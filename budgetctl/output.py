@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
-from decimal import Decimal, InvalidOperation
 from typing import Any, TextIO
 
 import grpc
@@ -14,12 +13,12 @@ import grpc.aio
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from budget_client.money import nanos_to_usd, usd_to_nanos
 from genproto.budget.v1 import budget_pb2_grpc
 from genproto.pricing.v1 import pricing_pb2_grpc
 
 EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-NANOS_PER_USD = Decimal(10**9)
 
 
 class UsageError(Exception):
@@ -27,20 +26,19 @@ class UsageError(Exception):
 
 
 def usd(nanos: int) -> str:
-    """Exact dollars from nano-USD, as text (no float)."""
-    return str((Decimal(nanos) / NANOS_PER_USD).quantize(Decimal("0.000000001")))
+    """Exact dollars from nano-USD, as text with nine decimals (no float)."""
+    return format(nanos_to_usd(nanos), "f")
 
 
 def nanos_from_usd(flag: str, text: str) -> int:
-    """Nano-USD from a dollar amount written as text ("12.50"), exactly."""
+    """Nano-USD from a dollar amount written as text ("12.50"), exactly; `flag` names it."""
     try:
-        value = Decimal(text)
-    except InvalidOperation as exc:
-        raise UsageError(f"{flag} {text!r} is not a dollar amount (e.g. 12.50)") from exc
-    nanos = value * NANOS_PER_USD
-    if not value.is_finite() or nanos != nanos.to_integral_value() or value < 0:
-        raise UsageError(f"{flag} {text!r}: use a non-negative amount with at most 9 decimals")
-    return int(nanos)
+        nanos = usd_to_nanos(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from exc
+    if nanos < 0:
+        raise UsageError(f"{flag} {text!r}: use a non-negative amount")
+    return nanos
 
 
 @contextlib.asynccontextmanager

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from decimal import Decimal
 from typing import Any, TextIO
 
-from budgetctl.output import EXIT_OK, admin_stub, usd
+from budgetctl.output import EXIT_OK, admin_stub, print_json, print_table, usd
 from genproto.budget.v1 import budget_pb2 as pb
 
 
@@ -84,8 +83,7 @@ def totals(report: pb.SpendReport) -> dict[str, Any]:
 def write_report(report: pb.SpendReport, group_by: list[str], fmt: str, out: TextIO) -> None:
     rows = report_rows(report, group_by)
     if fmt == "json":
-        json.dump({"rows": rows, **totals(report)}, out, indent=2)
-        out.write("\n")
+        print_json({"rows": rows, **totals(report)}, out)
         return
     columns = [
         "bucket_start",
@@ -103,11 +101,7 @@ def write_report(report: pb.SpendReport, group_by: list[str], fmt: str, out: Tex
         writer.writeheader()
         writer.writerows(rows)
         return
-    shown = [{k: str(v) for k, v in row.items()} for row in rows]
-    widths = {c: max([len(c), *(len(row[c]) for row in shown)]) for c in columns}
-    out.write("  ".join(c.ljust(widths[c]) for c in columns).rstrip() + "\n")
-    for row in shown:
-        out.write("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip() + "\n")
+    print_table(columns, rows, out)
     t = totals(report)
     out.write(
         f"total: ${t['total_cost_usd']} over {t['total_requests']} requests"

@@ -112,3 +112,18 @@ end
 local function reply(t)
   return cjson.encode(t)
 end
+
+-- Give a hold back on each of a reservation's budgets that still exists (their state hashes
+-- are KEYS[first .. first + n - 1], in the order of `uids`); answers the ledger effects.
+local function unhold_all(first, n, uids, hold)
+  local uid_list = split_commas(uids)
+  local effects = {}
+  for i = 1, n do
+    local key = KEYS[first + i - 1]
+    if redis.call('EXISTS', key) == 1 then
+      unhold(key, hold)
+      if hold ~= '0' then effects[#effects + 1] = uid_list[i] .. ':0:0:-' .. hold end
+    end
+  end
+  return effects
+end

@@ -19,14 +19,7 @@ if state == 'expired' then return reply({'OK', '0'}) end
 if r[3] ~= uids then return reply({'KEYS', r[3]}) end
 
 local hold = r[2]
-local uid_list = split_commas(uids)
-local effects = {}
-for i = 1, n do
-  if redis.call('EXISTS', KEYS[3 + i]) == 1 then
-    unhold(KEYS[3 + i], hold)
-    if hold ~= '0' then effects[#effects + 1] = uid_list[i] .. ':0:0:-' .. hold end
-  end
-end
+local effects = unhold_all(4, n, uids, hold)
 redis.call('HSET', res_key, 'state', 'released', 'released', hold)
 redis.call('PEXPIRE', res_key, retention_ms)
 redis.call('ZREM', exp_key, reservation_id)
