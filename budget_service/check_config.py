@@ -44,7 +44,7 @@ from urllib.parse import SplitResult, urlsplit
 from budget_service import tracing
 from budget_service.errors import ConfigError
 from budget_service.redis_wire import Address
-from budget_service.settings import Settings
+from budget_service.settings import TRUE_WORDS, Settings
 
 OK = 0
 CONFIG_ERRORS = 2
@@ -55,7 +55,6 @@ Service = Literal["budget", "pricing"]
 
 FIELDS: dict[str, Field[Any]] = {f.metadata["env"]: f for f in fields(Settings)}
 PLACEHOLDER = "CHANGE_ME"  # what deploy/k8s's Secret holds until an operator fills it in
-TRUE_WORDS = ("1", "true", "yes", "on")  # what Settings reads as true
 FALSE_WORDS = ("0", "false", "no", "off", "")
 MIN_REDIS = (6, 2)  # XAUTOCLAIM and XTRIM MINID, used by the ledger writer
 WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
@@ -310,8 +309,12 @@ def _host_port(name: str, value: str) -> tuple[tuple[str, int] | None, list[Prob
     return (host, port), []
 
 
+def _is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
 def _is_local(host: str) -> bool:
-    return host in WILDCARD_HOSTS or host in LOOPBACK_HOSTS or host.startswith("127.")
+    return host in WILDCARD_HOSTS or _is_loopback(host)
 
 
 def check_addresses(settings: Settings, service: Service) -> list[Problem]:
@@ -329,7 +332,7 @@ def check_addresses(settings: Settings, service: Service) -> list[Problem]:
     if service == "pricing":
         listening = [("PRICING_ADDR", pricing)]
     for name, addr in listening:
-        if addr is not None and (addr[0] in LOOPBACK_HOSTS or addr[0].startswith("127.")):
+        if addr is not None and _is_loopback(addr[0]):
             problems.append(
                 _warning(
                     name,
@@ -571,18 +574,18 @@ async def check_postgres(url: str, timeout_seconds: float) -> tuple[list[Problem
         )
     finally:
         await conn.close()
-    if row is None or not row["can_create"]:
-        schema = row["schema"] if row is not None else None
-        who = row["who"] if row is not None else "the user"
-        return [
-            _warning(
-                "DATABASE_URL",
-                f"{who} cannot create tables in schema {schema}: the"
-                " migrations applied at start will fail unless they are applied"
-                f" already; GRANT CREATE ON SCHEMA {schema or 'public'} TO {who}",
-            )
-        ], False
-    return [], False
+    assert row is not None  # a SELECT without FROM returns exactly one row
+    if row["can_create"]:
+        return [], False
+    schema, who = row["schema"], row["who"]
+    return [
+        _warning(
+            "DATABASE_URL",
+            f"{who} cannot create tables in schema {schema}: the"
+            " migrations applied at start will fail unless they are applied"
+            f" already; GRANT CREATE ON SCHEMA {schema or 'public'} TO {who}",
+        )
+    ], False
 
 
 async def check_stores(

@@ -26,12 +26,14 @@ from typing import NoReturn
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from budget_service.settings import Settings
+
 SERVING = 0
 NOT_SERVING = 1
 USAGE = 2
 UNREACHABLE = 4
 
-DEFAULT_ADDR = "127.0.0.1:50051"
+DEFAULT_ADDR: str = Settings.budget_addr  # BUDGET_ADDR's default, 127.0.0.1:50051
 DEFAULT_TIMEOUT = 3.0
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]", "::": "[::1]"}
 # Codes that mean "no answer came back", as opposed to an answer that is not SERVING.
@@ -77,10 +79,8 @@ def check(addr: str, service: str = "", timeout: float = DEFAULT_TIMEOUT) -> tup
                 return NOT_SERVING, f"{addr}: no service named {service!r}"
             return NOT_SERVING, f"{addr}: health check failed ({code.name}: {details})"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    name = service or "(server)"
-    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-        return SERVING, f"{addr} {name}: {status}"
-    return NOT_SERVING, f"{addr} {name}: {status}"
+    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+    return SERVING if serving else NOT_SERVING, f"{addr} {service or '(server)'}: {status}"
 
 
 class _Parser(argparse.ArgumentParser):

@@ -99,11 +99,12 @@ def parse_request(request: pb.GetSpendReportRequest) -> ReportQuery:
             " [start_time, end_time)",
         )
     if granularity != pb.GRANULARITY_HOUR:
-        for field, stamp in (("start_time", request.start_time), ("end_time", request.end_time)):
+        bounds = (("start_time", request.start_time, start), ("end_time", request.end_time, end))
+        for field, stamp, moment in bounds:
             if stamp.seconds % SECONDS_PER_DAY or stamp.nanos:
                 raise InvalidArgument(
                     field,
-                    f"is {_iso(stamp.ToDatetime(dt.UTC))}; {pb.Granularity.Name(granularity)}"
+                    f"is {_iso(moment)}; {pb.Granularity.Name(granularity)}"
                     " reports are made of whole UTC days, so it must be at 00:00:00Z"
                     " (use GRANULARITY_HOUR for a range that starts or ends inside a day)",
                 )

@@ -9,6 +9,8 @@ from typing import Any
 
 from budget_service.errors import ConfigError
 
+TRUE_WORDS = ("1", "true", "yes", "on")  # a bool setting is true when it is one of these
+
 
 def _env(name: str, default: Any, help: str) -> Any:
     return field(default=default, metadata={"env": name, "help": help})
@@ -115,7 +117,7 @@ class Settings:
 def _parse(name: str, raw: str, kind: type) -> Any:
     try:
         if kind is bool:
-            return raw.lower() in ("1", "true", "yes", "on")
+            return raw.lower() in TRUE_WORDS
         return kind(raw)
     except ValueError as exc:
         raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from exc

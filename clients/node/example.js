@@ -14,7 +14,8 @@ const budgetId = 'node-example-search';
 const subject = { org, team: 'search', model: 'gpt-4o' };
 const print = (step, fields) => console.log(JSON.stringify({ step, ...fields }));
 
-const client = new BudgetClient(process.env.BUDGET_ADDR || '127.0.0.1:50051', { actor: 'node-example' });
+// The address defaults to $BUDGET_ADDR, else 127.0.0.1:50051.
+const client = new BudgetClient(undefined, { actor: 'node-example' });
 try {
   // $1.00 for team "search", for all time (PERIOD_NONE): hard, so it refuses what would go over.
   const budget = await client.upsertBudget({

@@ -23,15 +23,13 @@ rpcTypes.loadSync(['google/rpc/status.proto', 'google/rpc/error_details.proto'])
 rpcTypes.resolveAll();
 const Status = rpcTypes.lookupType('google.rpc.Status');
 
-const CODE_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, code]) => [code, name]));
-
 /** A failed call: the gRPC code (number and name), the message and the decoded details. */
 export class BudgetError extends Error {
   constructor(message, { code, details = [], metadata, cause } = {}) {
     super(message, { cause });
     this.name = 'BudgetError';
     this.code = code;
-    this.codeName = CODE_NAMES[code] ?? 'UNKNOWN';
+    this.codeName = grpc.status[code] ?? 'UNKNOWN'; // a TypeScript enum: it maps codes to names too
     // [{type: 'google.rpc.QuotaFailure', ...fields}] for every detail this client knows.
     this.details = details;
     this.metadata = metadata;
