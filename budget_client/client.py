@@ -33,7 +33,7 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 
 from budget_client import providers
-from budget_client.errors import BudgetClientError, from_rpc_error
+from budget_client.errors import RETRYABLE, BudgetClientError, from_rpc_error
 from budget_client.models import (
     BudgetStatus,
     CommitResult,
@@ -48,7 +48,6 @@ from genproto.budget.v1 import budget_pb2 as pb
 from genproto.budget.v1 import budget_pb2_grpc
 
 DEFAULT_ADDR = "127.0.0.1:50051"
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 # A restarted service should be found again within a retry or two, not after gRPC's default
 # reconnect backoff (1 s, growing to 120 s) during which every call fails at once.
@@ -200,11 +199,8 @@ class BudgetClient:
         object (see `providers.provider_usage`), normalized by the service. Tokens need a
         reservation made with usage. A retry returns the first answer.
         """
-        request = _commit_request(org, reservation_id, actual_nanos, usage, provider_response)
-        if latency_ms is not None:
-            request.latency_ms = latency_ms
-        response: pb.CommitResponse = await self._call("Commit", request)
-        return CommitResult.from_proto(response)
+        actual = _actual(actual_nanos, usage, provider_response)
+        return await self._commit(org, reservation_id, actual, latency_ms)
 
     async def release(self, org: str, reservation_id: str) -> Nanos:
         """Void a hold (the call failed or never happened); answers the nanos given back."""
@@ -245,6 +241,16 @@ class BudgetClient:
         request = pb.GetBudgetStatusRequest(org=org, budget_id=budget_id)
         response: pb.BudgetStatus = await self._call("GetBudgetStatus", request, admin=True)
         return BudgetStatus.from_proto(response)
+
+    async def _commit(
+        self, org: str, reservation_id: str, actual: dict[str, Any], latency_ms: int | None
+    ) -> CommitResult:
+        """Commit with `actual`, the CommitRequest's one actual-cost field (see `_actual`)."""
+        request = pb.CommitRequest(
+            org=org, reservation_id=reservation_id, latency_ms=latency_ms, **actual
+        )
+        response: pb.CommitResponse = await self._call("Commit", request)
+        return CommitResult.from_proto(response)
 
     async def _call(self, name: str, request: Message, *, admin: bool = False) -> Any:
         """One logical call: the same request, retried on UNAVAILABLE / DEADLINE_EXCEEDED."""
@@ -391,13 +397,9 @@ class Hold:
     async def _apply(self, *, explicit: bool) -> Outcome:
         self._check_pending()
         if self._commit is not None:
-            request = pb.CommitRequest(
-                org=self.org, reservation_id=self.reservation_id, **self._commit
+            self.result = await self._client._commit(
+                self.org, self.reservation_id, self._commit, self._latency_ms
             )
-            if self._latency_ms is not None:
-                request.latency_ms = self._latency_ms
-            response: pb.CommitResponse = await self._client._call("Commit", request)
-            self.result = CommitResult.from_proto(response)
             self.outcome = Outcome.COMMITTED
         else:
             self.released_nanos = await self._client.release(self.org, self.reservation_id)
@@ -435,24 +437,18 @@ class Hold:
             raise RuntimeError(f"reservation {self.reservation_id} is already {self.outcome.value}")
 
 
-def _commit_request(
-    org: str,
-    reservation_id: str,
-    actual_nanos: Nanos | None,
-    usage: Usage | None,
-    provider_response: object,
-) -> pb.CommitRequest:
+def _actual(
+    actual_nanos: Nanos | None, usage: Usage | None, provider_response: object
+) -> dict[str, Any]:
+    """The one actual-cost field of a CommitRequest, checked and in its wire form."""
     given = [v is not None for v in (actual_nanos, usage, provider_response)]
     if sum(given) != 1:
         raise ValueError("give exactly one actual: actual_nanos, usage or provider_response")
-    request = pb.CommitRequest(org=org, reservation_id=reservation_id)
     if actual_nanos is not None:
-        request.actual_nanos = check_nanos("actual_nanos", actual_nanos)
-    elif usage is not None:
-        request.usage.CopyFrom(_usage(usage))
-    else:
-        request.provider_usage_json = providers.provider_usage_json(provider_response)
-    return request
+        return {"actual_nanos": check_nanos("actual_nanos", actual_nanos)}
+    if usage is not None:
+        return {"usage": _usage(usage)}
+    return {"provider_usage_json": providers.provider_usage_json(provider_response)}
 
 
 def _usage(usage: Usage) -> pb.Usage:

@@ -26,6 +26,8 @@ from google.rpc import error_details_pb2, status_pb2
 from budget_client.money import Nanos
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""The statuses a call is retried on, and raised as `Unavailable` once the retries run out."""
 _NUMBER = re.compile(r"(\w+)=(-?\d+)")
 
 
@@ -96,16 +98,15 @@ def from_rpc_error(error: grpc.aio.AioRpcError, attempts: int = 1) -> BudgetClie
     """The client error for a failed call, with the rich status details decoded."""
     code = error.code()
     message = f"{code.name}: {error.details() or ''}".rstrip(": ")
-    details = _rich_details(error)
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if code in RETRYABLE:
         tries = "attempt" if attempts == 1 else "attempts"
         return Unavailable(f"{message} (after {attempts} {tries})", code, attempts)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        refusals = _refusals(details)
+        refusals = _refusals(_rich_details(error))
         if refusals is not None:
             return BudgetExceeded(message, refusals)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        field, description = _bad_field(details)
+        field, description = _bad_field(_rich_details(error))
         return InvalidRequest(message, field, description)
     kind = {
         grpc.StatusCode.NOT_FOUND: NotFound,

@@ -11,29 +11,45 @@ client's loop). The price is one thread per client and a hop between threads per
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import warnings
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-import grpc
-import grpc.aio
-
-from budget_client.client import BudgetClient, Hold, Outcome, ReserveCall, Ttl, UnsettledHoldWarning
-from budget_client.models import (
-    BudgetStatus,
-    CommitResult,
-    Priority,
-    RefundResult,
-    Reservation,
-    Subject,
-    Usage,
-)
+from budget_client.client import BudgetClient, Hold, Outcome, Ttl, UnsettledHoldWarning
+from budget_client.models import CommitResult, Priority, Reservation, Subject, Usage
 from budget_client.money import Nanos
 
+P = ParamSpec("P")
 T = TypeVar("T")
+
+
+def _blocking(
+    method: Callable[Concatenate[BudgetClient, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[BudgetClientSync, P], T]:
+    """`BudgetClient.method` as a blocking method of `BudgetClientSync`: the same parameters,
+    types, defaults and docstring, run on the client's loop."""
+
+    @functools.wraps(method)
+    def call(self: BudgetClientSync, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(method(self._client, *args, **kwargs))
+
+    return call
+
+
+def _same_parameters(
+    source: Callable[Concatenate[Any, P], None],
+) -> Callable[[Callable[..., None]], Callable[Concatenate[BudgetClientSync, P], None]]:
+    """Give an `__init__(self, *args, **kwargs)` the parameters of `source` (for type checkers
+    and `inspect.signature`)."""
+
+    def typed(init: Callable[..., None]) -> Callable[Concatenate[BudgetClientSync, P], None]:
+        return functools.update_wrapper(init, source, assigned=())
+
+    return typed
 
 
 class BudgetClientSync:
@@ -44,41 +60,17 @@ class BudgetClientSync:
     the rules `Hold` documents, or settle it yourself.
     """
 
-    def __init__(
-        self,
-        addr: str | None = None,
-        *,
-        timeout: float = 2.0,
-        retries: int = 3,
-        backoff: float = 0.05,
-        max_backoff: float = 1.0,
-        credentials: grpc.ChannelCredentials | None = None,
-        metadata: Sequence[tuple[str, str]] = (),
-        interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
-        channel_options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
+    @_same_parameters(BudgetClient.__init__)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # BudgetClient opens its channel at first use, which is on the private loop.
+        self._client = BudgetClient(*args, **kwargs)
+        self.addr = self._client.addr
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="budget-client", daemon=True
         )
         self._thread.start()
         self._closed = False
-
-        async def make() -> BudgetClient:  # the channel belongs to the loop that makes it
-            return BudgetClient(
-                addr,
-                timeout=timeout,
-                retries=retries,
-                backoff=backoff,
-                max_backoff=max_backoff,
-                credentials=credentials,
-                metadata=metadata,
-                interceptors=interceptors,
-                channel_options=channel_options,
-            )
-
-        self._client = self._run(make())
-        self.addr = self._client.addr
 
     def __enter__(self) -> BudgetClientSync:
         return self
@@ -122,50 +114,14 @@ class BudgetClientSync:
             reservation_id=reservation_id,
             priority=priority,
         )
-        reservation = self._run(_awaited(call))
+        reservation = self._run(call._reserve())
         return SyncHold(self, Hold(self._client, reservation))
 
-    def commit(
-        self,
-        org: str,
-        reservation_id: str,
-        *,
-        actual_nanos: Nanos | None = None,
-        usage: Usage | None = None,
-        provider_response: object = None,
-        latency_ms: int | None = None,
-    ) -> CommitResult:
-        """Charge the actual cost (see `BudgetClient.commit`)."""
-        return self._run(
-            self._client.commit(
-                org,
-                reservation_id,
-                actual_nanos=actual_nanos,
-                usage=usage,
-                provider_response=provider_response,
-                latency_ms=latency_ms,
-            )
-        )
-
-    def release(self, org: str, reservation_id: str) -> Nanos:
-        """Void a hold; answers the nanos given back."""
-        return self._run(self._client.release(org, reservation_id))
-
-    def refund(
-        self, org: str, reservation_id: str, amount_nanos: Nanos, *, refund_id: str | None = None
-    ) -> RefundResult:
-        """Credit back committed spend (see `BudgetClient.refund`)."""
-        return self._run(
-            self._client.refund(org, reservation_id, amount_nanos, refund_id=refund_id)
-        )
-
-    def extend(self, org: str, reservation_id: str, ttl: Ttl) -> datetime:
-        """Keep a hold alive for `ttl` from now; answers the new expiry."""
-        return self._run(self._client.extend(org, reservation_id, ttl))
-
-    def status(self, org: str, budget_id: str) -> BudgetStatus:
-        """A budget's current period: spent, reserved, remaining."""
-        return self._run(self._client.status(org, budget_id))
+    commit = _blocking(BudgetClient.commit)
+    release = _blocking(BudgetClient.release)
+    refund = _blocking(BudgetClient.refund)
+    extend = _blocking(BudgetClient.extend)
+    status = _blocking(BudgetClient.status)
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if threading.current_thread() is self._thread:
@@ -257,7 +213,3 @@ class SyncHold:
                 UnsettledHoldWarning,
                 stacklevel=2,
             )
-
-
-async def _awaited(call: ReserveCall) -> Reservation:
-    return await call
