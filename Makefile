@@ -38,7 +38,7 @@ protos: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy budget_service pricing_service devstack bench budgetctl budget_client examples
+	$(BIN)/mypy servicekit budget_service pricing_service devstack bench budgetctl budget_client examples
 	$(BIN)/buf lint
 	$(BIN)/buf breaking --against '.git#branch=main'
 

@@ -14,4 +14,6 @@ Modules:
     procfs     CPU time, run-queue waits and TCP socket ownership read from /proc
     profiling  the service under cProfile (only during the budget phase) and its summary
     breakdown  `python -m bench.breakdown`: a budget call's CPU in the service, step by step
+
+May import: servicekit, genproto, budget_service, pricing_service, devstack
 """

@@ -36,16 +36,17 @@ import hiredis
 import uvloop
 
 from bench import client
-from budget_service import keys, logs, store
-from budget_service.budgets import BudgetConfig, subject_pairs
-from budget_service.clock import SystemClock
-from budget_service.config_cache import ConfigCache
-from budget_service.config_sync import ConfigSync
-from budget_service.engine import Engine
-from budget_service.handlers import BudgetService, _fingerprint, balances_to_proto
-from budget_service.settings import Settings
+from budget_service.api.gateway import BudgetService, _fingerprint, balances_to_proto
+from budget_service.config.sync import ConfigSync
+from budget_service.hotpath import keys, store
+from budget_service.hotpath.budgets import BudgetConfig, subject_pairs
+from budget_service.hotpath.config_cache import ConfigCache
+from budget_service.hotpath.engine import Engine
 from devstack import RedisProcess, free_port
 from genproto.budget.v1 import budget_pb2 as pb
+from servicekit import logs
+from servicekit.clock import SystemClock
+from servicekit.settings import Settings
 
 ORG = "breakdown"
 

@@ -21,14 +21,15 @@ from typing import Any
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")  # PostgreSQL is started by fork+exec
 
-from budget_service import logs, server
-from budget_service.budget_repo import BudgetRepository
-from budget_service.budgets import validate_budget
-from budget_service.config_sync import ConfigSync
-from budget_service.ledger_writer import LedgerWriter
-from budget_service.settings import Settings
+from budget_service import server
+from budget_service.config.budget_repo import BudgetRepository
+from budget_service.config.sync import ConfigSync
+from budget_service.hotpath.budgets import validate_budget
+from budget_service.ledger.writer import LedgerWriter
 from devstack import PostgresProcess, RedisProcess, free_port
 from genproto.budget.v1 import budget_pb2 as pb
+from servicekit import logs
+from servicekit.settings import Settings
 
 ORG = "bench-ledger"
 

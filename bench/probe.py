@@ -14,13 +14,13 @@ import uuid
 from typing import Any
 
 from bench import client
-from budget_service import store
-from budget_service.budgets import subject_pairs
-from budget_service.clock import SystemClock
-from budget_service.config_cache import ConfigCache
-from budget_service.engine import Engine
-from budget_service.settings import Settings
+from budget_service.hotpath import store
+from budget_service.hotpath.budgets import subject_pairs
+from budget_service.hotpath.config_cache import ConfigCache
+from budget_service.hotpath.engine import Engine
 from genproto.budget.v1 import budget_pb2 as pb
+from servicekit.clock import SystemClock
+from servicekit.settings import Settings
 
 HOLD_TTL_MS = client.HOLD_TTL_SECONDS * 1000
 

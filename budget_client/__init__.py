@@ -10,6 +10,8 @@
 
 Money is int nano-USD everywhere (`usd_to_nanos("0.04") == 40_000_000`; floats are refused).
 `BudgetClientSync` is the same client for synchronous code.
+
+May import: genproto (a client never depends on the server's code)
 """
 
 from budget_client.client import (

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from budget_service import process, server
-from budget_service.settings import Settings
+from budget_service import server
+from servicekit import process
+from servicekit.settings import Settings
 
 USAGE = """usage: python -m budget_service
 

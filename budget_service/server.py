@@ -16,25 +16,26 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from budget_service import db, store, tracing
-from budget_service.admin import BudgetAdminService
-from budget_service.budget_repo import BudgetRepository
-from budget_service.clock import Clock, SystemClock
-from budget_service.config_cache import ConfigCache
-from budget_service.config_sync import ConfigSync
-from budget_service.engine import Engine
-from budget_service.errors import ConfigError
-from budget_service.handlers import BudgetService
-from budget_service.ledger_writer import LedgerWriter
-from budget_service.metrics import MetricsServer, ServiceMetrics, StateCollector, Utilization
-from budget_service.org_overrides import OrgOverrides
-from budget_service.periodic import Periodic
-from budget_service.price_table import PriceTable
-from budget_service.reconcile import ReconcileResult
-from budget_service.redis_wire import Address, RedisWire
-from budget_service.settings import Settings
-from budget_service.sweeper import Sweeper
+from budget_service.api.admin import BudgetAdminService
+from budget_service.api.gateway import BudgetService
+from budget_service.config.budget_repo import BudgetRepository
+from budget_service.config.sync import ConfigSync
+from budget_service.hotpath import store
+from budget_service.hotpath.config_cache import ConfigCache
+from budget_service.hotpath.engine import Engine
+from budget_service.hotpath.org_overrides import OrgOverrides
+from budget_service.hotpath.price_table import PriceTable
+from budget_service.hotpath.redis_wire import Address, RedisWire
+from budget_service.hotpath.sweeper import Sweeper
+from budget_service.ledger.reconcile import ReconcileResult
+from budget_service.ledger.writer import LedgerWriter
+from budget_service.ops.metrics import MetricsServer, ServiceMetrics, StateCollector, Utilization
 from genproto.budget.v1 import budget_pb2, budget_pb2_grpc
+from servicekit import db, tracing
+from servicekit.clock import Clock, SystemClock
+from servicekit.errors import ConfigError
+from servicekit.periodic import Periodic
+from servicekit.settings import Settings
 
 log = structlog.get_logger(__name__)
 UTILIZATION_SECONDS = 10.0  # how often budget_utilization_ratio is re-read from Redis
@@ -105,7 +106,7 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     scripts = store.Scripts(redis, wire)
     await scripts.load()
     pool = await db.connect(settings.database_url)
-    await db.migrate(pool)
+    await db.migrate(pool, "budget_service", record_prefix="")
     repo = BudgetRepository(pool)
     sync = ConfigSync(scripts)
     await sync.reconcile(repo)

@@ -1,1 +1,4 @@
-"""budgetctl: the operator's command line for the budget authority."""
+"""budgetctl: the operator's command line for the budget authority.
+
+May import: servicekit, genproto, budget_client, budget_service, pricing_service
+"""

@@ -107,7 +107,7 @@ async def dispatch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)  # exits 2 on bad usage, naming the flag
     if args.command == "reconcile":
-        from budget_service import reconcile
+        from budget_service.ledger import reconcile
 
         flags = [
             *(["--org", args.org] if args.org else []),

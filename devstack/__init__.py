@@ -1,4 +1,7 @@
-"""Local Redis and PostgreSQL server processes for development and tests."""
+"""Local Redis and PostgreSQL server processes for development and tests.
+
+May import: servicekit, genproto
+"""
 
 from devstack.ports import free_port
 from devstack.postgres_process import PostgresProcess

@@ -39,13 +39,13 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from budget_service.errors import ConfigError
-from budget_service.settings import Settings
 from devstack._process import ServerProcess, log_tail
 from devstack.postgres_process import PostgresProcess
 from devstack.redis_process import RedisProcess
 from genproto.budget.v1 import budget_pb2 as pb
 from genproto.budget.v1 import budget_pb2_grpc
+from servicekit.errors import ConfigError
+from servicekit.settings import Settings
 
 DEFAULT_REDIS_PORT = 6390
 DEFAULT_POSTGRES_PORT = 5439

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from budget_service import process
 from pricing_service import server
+from servicekit import process
 
 
 def main() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from budget_service.errors import InvalidArgument
 from genproto.budget.v1 import budget_pb2
 from genproto.pricing.v1 import pricing_pb2 as pb
 from pricing_service.catalog_repo import PriceVersion
@@ -18,6 +17,7 @@ from pricing_service.prices import (
     decimal_str,
     price_problems,
 )
+from servicekit.errors import InvalidArgument
 
 PRICE_FIELDS = (*PER_MILLION_FIELDS, "request_fee")
 

@@ -9,14 +9,6 @@ from datetime import UTC
 
 import structlog
 
-from budget_service import validation as v
-from budget_service.errors import (
-    BudgetServiceError,
-    InvalidArgument,
-    NotFound,
-    to_grpc_status,
-)
-from budget_service.rpc import Context, rpc
 from genproto.pricing.v1 import pricing_pb2 as pb
 from genproto.pricing.v1 import pricing_pb2_grpc
 from pricing_service import overrides
@@ -34,6 +26,14 @@ from pricing_service.feed import PriceFeed
 from pricing_service.overrides import PriceOverride
 from pricing_service.overrides_repo import OverrideRepository
 from pricing_service.sources import SourceRefresher
+from servicekit import validation as v
+from servicekit.errors import (
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    to_grpc_status,
+)
+from servicekit.rpc import Context, rpc
 
 log = structlog.get_logger(__name__)
 DEFAULT_PAGE = 100
@@ -41,7 +41,7 @@ MAX_PAGE = 1000
 WATCH_BATCH = 500
 
 
-def _lookup_error(exc: LookupError) -> BudgetServiceError:
+def _lookup_error(exc: LookupError) -> ServiceError:
     if isinstance(exc, AmbiguousModel):
         return InvalidArgument("provider", str(exc))
     return NotFound(str(exc))

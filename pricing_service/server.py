@@ -14,10 +14,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # stale stubs
 from grpc_reflection.v1alpha import reflection
 
-from budget_service import db
-from budget_service.errors import ConfigError
-from budget_service.periodic import Periodic
-from budget_service.settings import Settings
 from genproto.pricing.v1 import pricing_pb2, pricing_pb2_grpc
 from pricing_service import bundled
 from pricing_service.catalog_repo import CatalogRepository
@@ -25,6 +21,10 @@ from pricing_service.feed import PriceFeed
 from pricing_service.handlers import PricingService
 from pricing_service.overrides_repo import OverrideRepository
 from pricing_service.sources import SourceRefresher, parse_source_list
+from servicekit import db
+from servicekit.errors import ConfigError
+from servicekit.periodic import Periodic
+from servicekit.settings import Settings
 
 log = structlog.get_logger(__name__)
 SERVICE_NAME = pricing_pb2.DESCRIPTOR.services_by_name["PricingService"].full_name
@@ -90,7 +90,7 @@ async def start(settings: Settings) -> PricingApp:
     if not settings.database_url:
         raise ConfigError("DATABASE_URL must be set (or use `make run`, which starts PostgreSQL)")
     pool = await db.connect(settings.database_url)
-    await db.migrate(pool, "pricing_service")
+    await db.migrate(pool, "pricing_service", record_prefix="pricing_service/")
     catalog = CatalogRepository(pool)
     seeded = await seed_bundled(catalog)
     refresher = SourceRefresher(catalog, parse_source_list(settings.pricing_source_urls))

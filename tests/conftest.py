@@ -20,12 +20,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2_grpc
 
-from budget_service import logs, server
-from budget_service.clock import OffsetClock
-from budget_service.settings import Settings
+from budget_service import server
 from devstack import PostgresProcess, RedisProcess, free_port
 from genproto.budget.v1 import budget_pb2_grpc
 from pricing_service import server as pricing_server
+from servicekit import logs
+from servicekit.clock import OffsetClock
+from servicekit.settings import Settings
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -7,8 +7,9 @@ import json
 import grpc
 import pytest
 
-from budget_service import keys, server
-from budget_service.budget_repo import BudgetRepository
+from budget_service import server
+from budget_service.config.budget_repo import BudgetRepository
+from budget_service.hotpath import keys
 from genproto.budget.v1 import budget_pb2 as pb
 from genproto.budget.v1 import budget_pb2_grpc
 from tests.conftest import service_settings

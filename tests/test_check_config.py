@@ -1,4 +1,4 @@
-"""`python -m budget_service.check_config`: every bad value reported, stores reached for real.
+"""`python -m budget_service.ops.check_config`: every bad value reported, stores reached for real.
 
 Store checks run against the session's Redis (AOF on) and PostgreSQL, and against Redis servers
 started here with the settings a deployment must not have (no AOF, appendfsync no, eviction).
@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
-from budget_service.check_config import Problem, check_environment, check_stores, parse_env_file
-from budget_service.settings import Settings
+from budget_service.ops.check_config import Problem, check_environment, check_stores, parse_env_file
 from devstack import free_port
 from devstack.redis_process import redis_server_binary
+from servicekit.settings import Settings
 from tests.conftest import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ OFFLINE = {**DEPLOYED, "REDIS_URL": "redis://r:6379/0", "DATABASE_URL": "postgre
 def run_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The command as an operator runs it; only `env` (plus PATH) in its environment."""
     return subprocess.run(
-        [sys.executable, "-m", "budget_service.check_config", *args],
+        [sys.executable, "-m", "budget_service.ops.check_config", *args],
         cwd=ROOT,
         env={"PATH": os.environ.get("PATH", ""), **(env or {})},
         capture_output=True,

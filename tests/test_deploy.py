@@ -1,7 +1,7 @@
 """deploy/: the image, compose file, Kubernetes manifests and dashboard, checked offline.
 
 The Docker daemon cannot pull base images here, so the image itself is not built: the
-Dockerfile's structure is checked, and its HEALTHCHECK command (budget_service.healthcheck) is
+Dockerfile's structure is checked, and its HEALTHCHECK command (servicekit.healthcheck) is
 run against the real services the session fixtures start.
 """
 
@@ -38,7 +38,7 @@ DASHBOARD = DEPLOY / "grafana" / "budget-authority.json"
 K8S_VERSION = "1.30"
 NAMESPACE = "budget-authority"
 BUDGET_PORT, PRICING_PORT, METRICS_PORT = 50051, 50052, 9464
-HEALTHCHECK = ("python", "-m", "budget_service.healthcheck")
+HEALTHCHECK = ("python", "-m", "servicekit.healthcheck")
 
 Doc = dict[str, Any]
 
@@ -587,11 +587,11 @@ def test_dashboard_histogram_quantiles_aggregate_by_le() -> None:
 
 
 async def healthcheck(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    """Run `python -m budget_service.healthcheck ARGS`: (exit code, stdout + stderr)."""
+    """Run `python -m servicekit.healthcheck ARGS`: (exit code, stdout + stderr)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "budget_service.healthcheck",
+        "servicekit.healthcheck",
         *args,
         cwd=ROOT,
         env={**os.environ, **(env or {})},

@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from budget_service import keys, reconcile, server
-from budget_service.ledger_writer import LedgerEvent, LedgerWriter, insert_events
+from budget_service import server
+from budget_service.hotpath import keys
+from budget_service.ledger import reconcile
+from budget_service.ledger.writer import LedgerEvent, LedgerWriter, insert_events
 from genproto.budget.v1 import budget_pb2 as pb
 from tests.helpers import reserve, rid, upsert, usd
 

@@ -15,11 +15,13 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from budget_service import reconcile, server, store
-from budget_service.clock import SystemClock
+from budget_service import server
+from budget_service.hotpath import store
+from budget_service.ledger import reconcile
 from devstack import PostgresProcess, RedisProcess, free_port
 from genproto.budget.v1 import budget_pb2 as pb
 from genproto.budget.v1 import budget_pb2_grpc
+from servicekit.clock import SystemClock
 from tests.conftest import Stack, service_settings
 from tests.helpers import rid, status, upsert, usd
 from tests.test_service_process import wait_serving

@@ -14,8 +14,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from budget_service import server, tracing
+from budget_service import server
 from genproto.budget.v1 import budget_pb2 as pb
+from servicekit import tracing
 from tests.helpers import reserve, rid, upsert, usd
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -1,7 +1,7 @@
 """Random sequences of budget operations: the Lua scripts on real Redis against a reference model.
 
-A hypothesis state machine drives `budget_service.engine.Engine` directly (the calls the gRPC
-handlers make, within the handlers' input limits) on the session's Redis, and
+A hypothesis state machine drives `budget_service.hotpath.engine.Engine` directly (the calls the
+gRPC handlers make, within the handlers' input limits) on the session's Redis, and
 `tests/reference_model.py` alongside it. After every step it compares each call's outcome
 (admitted / refused and by which budgets with what room, amounts charged / released / refunded,
 balances, error kinds) and the store: every budget's spent and reserved (read the way
@@ -44,20 +44,16 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from budget_service import keys
-from budget_service.budgets import MODE_NAMES, BudgetConfig
-from budget_service.config_cache import ConfigCache
-from budget_service.config_sync import ConfigSync
-from budget_service.engine import Balance, Committed, Engine, Reserved
-from budget_service.errors import (
-    BudgetExceeded,
-    FailedPrecondition,
-    IdempotencyConflict,
-    NotFound,
-)
-from budget_service.periods import bounds_ms
-from budget_service.store import Scripts, connect
+from budget_service.config.sync import ConfigSync
+from budget_service.hotpath import keys
+from budget_service.hotpath.budgets import MODE_NAMES, BudgetConfig
+from budget_service.hotpath.config_cache import ConfigCache
+from budget_service.hotpath.engine import Balance, Committed, Engine, Reserved
+from budget_service.hotpath.errors import BudgetExceeded
+from budget_service.hotpath.periods import bounds_ms
+from budget_service.hotpath.store import Scripts, connect
 from genproto.budget.v1 import budget_pb2 as pb
+from servicekit.errors import FailedPrecondition, IdempotencyConflict, NotFound
 from tests import reference_model as ref
 
 NY = "America/New_York"

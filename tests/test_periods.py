@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 
-from budget_service.clock import OffsetClock
-from budget_service.periods import bounds_ms
+from budget_service.hotpath.periods import bounds_ms
 from genproto.budget.v1 import budget_pb2 as pb
+from servicekit.clock import OffsetClock
 from tests.helpers import reserve, status, upsert, usd
 
 NEW_YORK = ZoneInfo("America/New_York")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from budget_service.errors import InvalidArgument
-from budget_service.price_table import PriceTable
+from budget_service.hotpath.price_table import PriceTable
 from genproto.pricing.v1 import pricing_pb2 as ppb
+from servicekit.errors import InvalidArgument
 
 
 def version(number: int, input_price: str, effective_ms: int) -> ppb.ModelPrice:

@@ -11,10 +11,10 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from budget_service import db
 from pricing_service import bundled
 from pricing_service.catalog_repo import AmbiguousModel, CatalogRepository, UnknownModel
 from pricing_service.prices import ModelPrice
+from servicekit import db
 from tests.conftest import Stack
 
 
@@ -23,7 +23,7 @@ async def catalog(stack: Stack) -> AsyncIterator[CatalogRepository]:
     """The catalog schema on the run's PostgreSQL, loaded with the bundled catalog."""
     pool = await asyncpg.create_pool(stack.postgres.url, min_size=1, max_size=4)
     assert pool is not None
-    await db.migrate(pool, "pricing_service")
+    await db.migrate(pool, "pricing_service", record_prefix="pricing_service/")
     repo = CatalogRepository(pool)
     for price in bundled.load():
         await repo.record(price, source=bundled.SOURCE)

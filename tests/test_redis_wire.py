@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from budget_service.redis_wire import Address, RedisWire, ReplyError, WireError
+from budget_service.hotpath.redis_wire import Address, RedisWire, ReplyError, WireError
 from devstack import RedisProcess, free_port
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from budget_service.errors import ConfigError
-from budget_service.settings import Settings
+from servicekit.errors import ConfigError
+from servicekit.settings import Settings
 
 
 def test_defaults_are_the_pinned_ones():

@@ -6,7 +6,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from budget_service import keys
+from budget_service.hotpath import keys
 from genproto.budget.v1 import budget_pb2 as pb
 from tests.helpers import reserve, rid, status, upsert, usd
 

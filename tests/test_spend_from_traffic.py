@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from budget_service import keys, reconcile, server
+from budget_service import server
+from budget_service.hotpath import keys
+from budget_service.ledger import reconcile
 from genproto.budget.v1 import budget_pb2 as pb
 from tests.conftest import Stack
 from tests.helpers import rid, upsert, usd

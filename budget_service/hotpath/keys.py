@@ -1,0 +1,48 @@
+"""The Redis key layout, in one place.
+
+Every key of an org carries the hash tag `{org}`, so all keys one script touches live in one
+slot and the same scripts run on Redis Cluster, sharded by org. Org, budget and reservation ids
+are validated (servicekit/validation.py) so they can never contain `{` or `}`.
+
+    ba:{org}:cfg          hash   `_v` -> config version; <budget uid> -> budget config JSON
+    ba:{org}:b:<uid>      hash   one budget's limit, overdraft, mode and period counters
+    ba:{org}:r:<id>       hash   one reservation: state, amount, budgets, expiry, answers
+    ba:{org}:exp          zset   held reservation ids scored by expiry (ms), for the sweeper
+    ba:{org}:ledger       stream the outbox: every money event, drained into PostgreSQL
+    ba:{org}:ledger:malformed  stream events the writer could not read, kept for a person
+    ba:orgs               set    orgs that have budgets (the sweeper's list; not per slot)
+"""
+
+from __future__ import annotations
+
+ORGS = "ba:orgs"
+
+
+def config(org: str) -> str:
+    """The org's budget configuration hash."""
+    return f"ba:{{{org}}}:cfg"
+
+
+def budget(org: str, uid: int | str) -> str:
+    """One budget's state hash (keyed by its uid, so a re-created budget starts afresh)."""
+    return f"ba:{{{org}}}:b:{uid}"
+
+
+def reservation(org: str, reservation_id: str) -> str:
+    """One reservation's record."""
+    return f"ba:{{{org}}}:r:{reservation_id}"
+
+
+def expiries(org: str) -> str:
+    """The org's held reservations by expiry."""
+    return f"ba:{{{org}}}:exp"
+
+
+def ledger(org: str) -> str:
+    """The org's ledger outbox stream."""
+    return f"ba:{{{org}}}:ledger"
+
+
+def ledger_malformed(org: str) -> str:
+    """Outbox entries the ledger writer could not read (a bug), set aside instead of lost."""
+    return f"ba:{{{org}}}:ledger:malformed"

@@ -1,0 +1,129 @@
+-- Shared prelude, prepended to every script by budget_service/hotpath/store.py.
+--
+-- Budget counters are int64 nano-USD in Redis and can exceed 2^53 (where Lua's doubles stop
+-- being exact). They are kept as decimal strings here and compared as (high, low) pairs split
+-- at 1e9, each part exact in a double. All writes to counters go through HINCRBY with string
+-- arguments, so Redis does the int64 arithmetic. Amounts of a single reservation are capped by
+-- the service (see servicekit/validation.py) far below 2^53, so they may be plain numbers.
+
+local function big(s)
+  s = s or '0'
+  local n = #s
+  if n <= 9 then return {0, tonumber(s)} end
+  return {tonumber(string.sub(s, 1, n - 9)), tonumber(string.sub(s, n - 8))}
+end
+
+local function big_add(a, b)
+  local lo = a[2] + b[2]
+  local hi = a[1] + b[1]
+  if lo >= 1e9 then
+    lo = lo - 1e9
+    hi = hi + 1
+  end
+  return {hi, lo}
+end
+
+-- true when a > b
+local function big_gt(a, b)
+  if a[1] ~= b[1] then return a[1] > b[1] end
+  return a[2] > b[2]
+end
+
+-- The fields of a budget state hash every script reads, in this order.
+local BUDGET_FIELDS = {'id', 'limit', 'od', 'mode', 'spent', 'reserved', 'pstart'}
+
+-- Read a budget's state; nil when the budget was deleted. `pstart_now` is the start of the
+-- period the service's clock is in: a newer period means spent starts again from zero
+-- (the reset itself is written later, only once the script has decided to write).
+local function read_budget(key, pstart_now)
+  local v = redis.call('HMGET', key, unpack(BUDGET_FIELDS))
+  if not v[1] then return nil end
+  local b = {key = key, id = v[1], limit = v[2] or '0', od = v[3] or '0', mode = v[4] or 'hard',
+             spent = v[5] or '0', reserved = v[6] or '0', pstart = v[7] or '0', reset = false}
+  if pstart_now ~= nil and tonumber(pstart_now) > tonumber(b.pstart) then
+    b.spent = '0'
+    b.pstart = pstart_now
+    b.reset = true
+  end
+  return b
+end
+
+local function write_reset(b)
+  if b.reset then
+    redis.call('HSET', b.key, 'spent', '0', 'pstart', b.pstart)
+    b.reset = false
+  end
+end
+
+local function balance(b, exceeded)
+  return {b.id, b.limit, b.od, b.mode, b.spent, b.reserved, exceeded and 1 or 0}
+end
+
+-- HINCRBY a budget counter by `amount` (a decimal string) and keep the new value as an exact
+-- string: the reply is a double in Lua, exact below 2^53; above, the counter is read back.
+local function incr(b, field, amount)
+  local v = redis.call('HINCRBY', b.key, field, amount)
+  if v < 9007199254740992 and v > -9007199254740992 then
+    b[field] = string.format('%d', v)
+  else
+    b[field] = redis.call('HGET', b.key, field)
+  end
+end
+
+-- Take `amount` back out of a budget's holds. Redis refuses '-0' as an integer, so a zero
+-- hold is skipped rather than decremented.
+local function unhold_budget(b, amount)
+  if amount ~= '0' then incr(b, 'reserved', '-' .. amount) end
+end
+
+-- The reply of a successful call whose answer was already encoded (and stored) as JSON.
+local function ok_reply(encoded)
+  return '["OK",' .. encoded .. ']'
+end
+
+-- Take `amount` (a decimal string) back out of a budget's holds. Redis refuses '-0' as an
+-- integer, so a zero hold is skipped rather than decremented.
+local function unhold(key, amount)
+  if amount ~= '0' then redis.call('HINCRBY', key, 'reserved', '-' .. amount) end
+end
+
+local function stale_config(cfg_key, cfg_version)
+  local current = redis.call('HGET', cfg_key, '_v') or '0'
+  return current ~= cfg_version
+end
+
+-- The outbox: append an event to the org's ledger stream in the same atomic step as the change
+-- it records, so counters and the ledger cannot disagree (budget_service/ledger/writer.py
+-- drains it into PostgreSQL). `effects` lists 'uid:period_start:spent_delta:reserved_delta'.
+-- The event is one stream field `e`: its names and values joined by the unit separator (0x1f,
+-- which no id can contain and JSON escapes), far cheaper for Redis than one field per value.
+local function outbox(stream_key, fields, effects)
+  fields[#fields + 1] = 'fx'
+  fields[#fields + 1] = table.concat(effects, ',')
+  redis.call('XADD', stream_key, '*', 'e', table.concat(fields, '\31'))
+end
+
+local function split_commas(s)
+  local out = {}
+  for part in string.gmatch(s or '', '[^,]+') do out[#out + 1] = part end
+  return out
+end
+
+local function reply(t)
+  return cjson.encode(t)
+end
+
+-- Give a hold back on each of a reservation's budgets that still exists (their state hashes
+-- are KEYS[first .. first + n - 1], in the order of `uids`); answers the ledger effects.
+local function unhold_all(first, n, uids, hold)
+  local uid_list = split_commas(uids)
+  local effects = {}
+  for i = 1, n do
+    local key = KEYS[first + i - 1]
+    if redis.call('EXISTS', key) == 1 then
+      unhold(key, hold)
+      if hold ~= '0' then effects[#effects + 1] = uid_list[i] .. ':0:0:-' .. hold end
+    end
+  end
+  return effects
+end

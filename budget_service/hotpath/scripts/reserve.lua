@@ -1,0 +1,67 @@
+-- Hold `amount` against every budget that covers the request, all or nothing.
+local cfg_key = KEYS[1]
+local res_key = KEYS[2]
+local exp_key = KEYS[3]
+local ledger_key = KEYS[4]
+-- KEYS[5..] budget state hashes, in the order of the (uid, pstart) pairs in ARGV
+
+local cfg_version = ARGV[1]
+local reservation_id = ARGV[2]
+local fingerprint = ARGV[3]
+local amount = ARGV[4]
+local critical = ARGV[5] == '1'
+local now_ms = ARGV[6]
+local expires_ms = ARGV[7]
+local retention_ms = tonumber(ARGV[8])
+local price_version = ARGV[9]  -- price ref (budget_service/hotpath/price_refs.py); '0' for an amount
+local subject = ARGV[10]  -- the subject's selector pairs as JSON, for the ledger
+local n = tonumber(ARGV[11])
+-- ARGV[10 + 2i], ARGV[11 + 2i]: uid and current period start of budget i (1-based)
+
+local existing = redis.call('HMGET', res_key, 'fp', 'rres')
+if existing[1] then
+  if existing[1] ~= fingerprint then return reply({'MISMATCH'}) end
+  return '["DUP",' .. existing[2] .. ']'
+end
+if stale_config(cfg_key, cfg_version) then return reply({'STALE'}) end
+
+local want = big(amount)
+local budgets = {}
+local uids = {}
+local refused = {}
+local balances = {}
+for i = 1, n do
+  local uid = ARGV[10 + 2 * i]
+  local b = read_budget(KEYS[4 + i], ARGV[11 + 2 * i])
+  if not b then return reply({'STALE'}) end
+  local need = big_add(big_add(big(b.spent), big(b.reserved)), want)
+  local over = big_gt(need, big(b.limit))
+  if over and b.mode == 'hard' then
+    local cap = big(b.limit)
+    if critical then cap = big_add(cap, big(b.od)) end
+    if big_gt(need, cap) then refused[#refused + 1] = balance(b, true) end
+  end
+  budgets[i] = {b, over and b.mode ~= 'hard'}
+  uids[i] = uid
+end
+if #refused > 0 then return reply({'REFUSED', refused}) end
+
+local effects = {}
+for i = 1, n do
+  local b = budgets[i][1]
+  write_reset(b)
+  incr(b, 'reserved', amount)
+  balances[i] = balance(b, budgets[i][2])
+  effects[i] = uids[i] .. ':' .. b.pstart .. ':0:' .. amount
+end
+local encoded = cjson.encode({amount, expires_ms, balances})
+redis.call('HSET', res_key, 'fp', fingerprint, 'state', 'held', 'amount', amount,
+  'uids', table.concat(uids, ','), 'exp', expires_ms, 'created', now_ms, 'pv', price_version,
+  'subj', subject, 'rres', encoded)
+-- Relative TTL: Redis's clock need not agree with the service's.
+redis.call('PEXPIRE', res_key, tonumber(expires_ms) - tonumber(now_ms) + retention_ms)
+redis.call('ZADD', exp_key, expires_ms, reservation_id)
+outbox(ledger_key, {'t', 'reserve', 'rid', reservation_id, 'c', now_ms, 'ts', now_ms,
+  'amt', amount, 'exp', expires_ms, 'pv', price_version, 'fp', fingerprint, 'subj', subject},
+  effects)
+return ok_reply(encoded)

@@ -1,0 +1,290 @@
+"""Spend reports: the PostgreSQL ledger's usage summed per UTC time bucket and chosen dimensions.
+
+HOUR reports read usage_records (one row per commit, one per refund with a negative cost);
+DAY, WEEK and MONTH reports read spend_daily, the same sums per UTC day, so their bounds must
+fall on a UTC midnight. Weeks start on Monday. Buckets without usage are left out. Money stays
+in integers from the SQL sums to the reply: PostgreSQL sums bigints exactly (as numeric).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from google.protobuf import timestamp_pb2
+
+from genproto.budget.v1 import budget_pb2 as pb
+from servicekit import validation as v
+from servicekit.db import guard
+from servicekit.errors import InvalidArgument
+
+Nanos = int
+
+MAX_BUCKETS = 10_000
+# Typical rows are about 100 bytes: keeps a reply under gRPC's default 4 MiB receive limit.
+MAX_ROWS = 20_000
+MAX_GROUP_KEYS = 8
+BASIS_POINTS = 10_000
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+SECONDS_PER_DAY = 86_400
+
+# group_by key -> the column it reads. `tag:<name>` reads tags ->> <name>, the name bound as a
+# parameter. Nothing a caller sends is ever spliced into the SQL text.
+COLUMNS = {
+    "org": "org",
+    "team": "team",
+    "project": "project",
+    "user": '"user"',
+    "provider": "provider",
+    "model": "model",
+}
+VALID_KEYS = "org, team, project, user, provider, model, tag:<name>"
+
+UNITS: dict[int, str] = {
+    pb.GRANULARITY_HOUR: "hour",
+    pb.GRANULARITY_DAY: "day",
+    pb.GRANULARITY_WEEK: "week",
+    pb.GRANULARITY_MONTH: "month",
+}
+STEPS: dict[int, dt.timedelta] = {
+    pb.GRANULARITY_HOUR: dt.timedelta(hours=1),
+    pb.GRANULARITY_DAY: dt.timedelta(days=1),
+    pb.GRANULARITY_WEEK: dt.timedelta(weeks=1),
+}
+COARSER: dict[int, str] = {
+    pb.GRANULARITY_HOUR: "GRANULARITY_DAY, _WEEK or _MONTH",
+    pb.GRANULARITY_DAY: "GRANULARITY_WEEK or _MONTH",
+    pb.GRANULARITY_WEEK: "GRANULARITY_MONTH",
+    pb.GRANULARITY_MONTH: "",
+}
+
+
+@dataclass(frozen=True)
+class ReportQuery:
+    """A validated GetSpendReport request: UTC bounds [start, end), never UNSPECIFIED."""
+
+    org: str
+    group_by: tuple[str, ...]
+    start: dt.datetime
+    end: dt.datetime
+    granularity: int
+
+
+@dataclass(frozen=True)
+class SpendLine:
+    """One bucket and group's sums, as the query returns them."""
+
+    bucket_start: dt.datetime
+    group: dict[str, str]
+    cost_nanos: Nanos
+    requests: int
+    input_tokens: int
+    output_tokens: int
+
+
+def parse_request(request: pb.GetSpendReportRequest) -> ReportQuery:
+    """The request checked field by field; InvalidArgument names the first field at fault."""
+    org = v.require_id("org", request.org)
+    group_by = _group_by(list(request.group_by))
+    v.check_enum("granularity", request.granularity, dict(pb.Granularity.items()))
+    granularity = request.granularity or pb.GRANULARITY_DAY
+    start = _timestamp("start_time", request.start_time, request.HasField("start_time"))
+    end = _timestamp("end_time", request.end_time, request.HasField("end_time"))
+    if end <= start:
+        raise InvalidArgument(
+            "end_time",
+            f"is {_iso(end)}, not after start_time {_iso(start)}; the range is"
+            " [start_time, end_time)",
+        )
+    if granularity != pb.GRANULARITY_HOUR:
+        bounds = (("start_time", request.start_time, start), ("end_time", request.end_time, end))
+        for field, stamp, moment in bounds:
+            if stamp.seconds % SECONDS_PER_DAY or stamp.nanos:
+                raise InvalidArgument(
+                    field,
+                    f"is {_iso(moment)}; {pb.Granularity.Name(granularity)}"
+                    " reports are made of whole UTC days, so it must be at 00:00:00Z"
+                    " (use GRANULARITY_HOUR for a range that starts or ends inside a day)",
+                )
+    buckets = bucket_count(start, end, granularity)
+    if buckets > MAX_BUCKETS:
+        coarser = COARSER[granularity]
+        hint = f"use a coarser granularity ({coarser}) or " if coarser else ""
+        raise InvalidArgument(
+            "end_time",
+            f"the range spans {buckets} {UNITS[granularity]} buckets; at most {MAX_BUCKETS}"
+            f" are allowed: {hint}narrow the range",
+        )
+    return ReportQuery(org, group_by, start, end, granularity)
+
+
+def _group_by(keys: list[str]) -> tuple[str, ...]:
+    if len(keys) > MAX_GROUP_KEYS:
+        raise InvalidArgument("group_by", f"has {len(keys)} keys; at most {MAX_GROUP_KEYS}")
+    seen: set[str] = set()
+    for key in keys:
+        if key.startswith("tag:"):
+            name = key[4:]
+            if not name:
+                raise InvalidArgument("group_by", "'tag:' needs a tag name, e.g. tag:env")
+            v.check_value("group_by", name)
+        elif key not in COLUMNS:
+            raise InvalidArgument("group_by", f"unknown key {key[:40]!r}; use {VALID_KEYS}")
+        if key in seen:
+            raise InvalidArgument("group_by", f"lists {key[:40]!r} twice")
+        seen.add(key)
+    return tuple(keys)
+
+
+def _timestamp(field: str, stamp: timestamp_pb2.Timestamp, present: bool) -> dt.datetime:
+    if not present:
+        raise InvalidArgument(field, "is required (the report covers [start_time, end_time))")
+    try:
+        return stamp.ToDatetime(dt.UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgument(field, f"is not a valid timestamp: {exc}") from exc
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def truncate(moment: dt.datetime, granularity: int) -> dt.datetime:
+    """The start of the UTC bucket holding `moment` (like PostgreSQL's date_trunc)."""
+    hour = moment.replace(minute=0, second=0, microsecond=0)
+    if granularity == pb.GRANULARITY_HOUR:
+        return hour
+    day = hour.replace(hour=0)
+    if granularity == pb.GRANULARITY_DAY:
+        return day
+    if granularity == pb.GRANULARITY_WEEK:
+        return day - dt.timedelta(days=day.weekday())
+    return day.replace(day=1)
+
+
+def bucket_count(start: dt.datetime, end: dt.datetime, granularity: int) -> int:
+    """How many buckets [start, end) touches."""
+    first = truncate(start, granularity)
+    if granularity == pb.GRANULARITY_MONTH:
+        last = truncate(end - dt.timedelta(microseconds=1), granularity)
+        return (last.year - first.year) * 12 + last.month - first.month + 1
+    step = STEPS[granularity]
+    return -(-(end - first) // step)
+
+
+def ratio_half_up(numerator: int, denominator: int) -> int:
+    """numerator / denominator (denominator > 0) to the nearest integer, halves away from zero."""
+    quotient = (2 * abs(numerator) + denominator) // (2 * denominator)
+    return quotient if numerator >= 0 else -quotient
+
+
+def cost_per_request(cost_nanos: Nanos, requests: int) -> Nanos:
+    """Blended cost of one request; 0 when there were none (a bucket of refunds only)."""
+    return ratio_half_up(cost_nanos, requests) if requests > 0 else 0
+
+
+def share_basis_points(cost_nanos: Nanos, total_nanos: Nanos) -> int:
+    """cost's share of total in basis points; 0 when the total is not positive.
+
+    Clamped to int32: refunds netted into a small total can make one row's share huge.
+    """
+    if total_nanos <= 0:
+        return 0
+    return min(max(ratio_half_up(cost_nanos * BASIS_POINTS, total_nanos), INT32_MIN), INT32_MAX)
+
+
+def build_sql(query: ReportQuery) -> tuple[str, list[Any]]:
+    """The report's SQL and its parameters, from whitelisted column expressions only."""
+    params: list[Any] = [query.org, UNITS[query.granularity]]
+    dims: list[str] = []
+    for key in query.group_by:
+        if key.startswith("tag:"):
+            params.append(key[4:])
+            dims.append(f"coalesce(tags ->> ${len(params)}, '')")
+        else:
+            dims.append(COLUMNS[key])
+    if query.granularity == pb.GRANULARITY_HOUR:
+        source = "usage_records"
+        bucket = "date_trunc($2, at AT TIME ZONE 'UTC')"
+        params += [query.start, query.end]
+        within = f"at >= ${len(params) - 1} AND at < ${len(params)}"
+    else:
+        source = "spend_daily"
+        bucket = "date_trunc($2, day::timestamp)"
+        params += [query.start.date(), query.end.date()]
+        within = f"day >= ${len(params) - 1} AND day < ${len(params)}"
+    params.append(MAX_ROWS + 1)
+    inner = "".join(f", {d} AS g{i}" for i, d in enumerate(dims))
+    outer = "".join(f", g{i}" for i in range(len(dims)))
+    sql = (
+        f"SELECT bucket{outer}, sum(cost_nanos) AS cost_nanos, sum(requests) AS requests,"
+        " sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens"
+        f" FROM (SELECT {bucket} AS bucket{inner}, cost_nanos, requests, input_tokens,"
+        f" output_tokens FROM {source} WHERE org = $1 AND {within}) AS usage"
+        f" GROUP BY bucket{outer} ORDER BY bucket{outer} LIMIT ${len(params)}"
+    )
+    return sql, params
+
+
+class SpendReports:
+    """GetSpendReport's reads of the ledger tables."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def lines(self, query: ReportQuery) -> list[SpendLine]:
+        """The report's rows, ordered by bucket then group values."""
+        sql, params = build_sql(query)
+        async with guard():
+            rows = await self.pool.fetch(sql, *params)
+        if len(rows) > MAX_ROWS:
+            coarser = COARSER[query.granularity]
+            hint = f"a coarser granularity ({coarser}), " if coarser else ""
+            raise InvalidArgument(
+                "group_by",
+                f"the report has more than {MAX_ROWS} rows; use {hint}fewer group_by keys"
+                " or a narrower range",
+            )
+        return [
+            SpendLine(
+                # date_trunc of a UTC wall-clock time: a naive timestamp that is UTC.
+                bucket_start=r["bucket"].replace(tzinfo=dt.UTC),
+                group={key: r[f"g{i}"] for i, key in enumerate(query.group_by)},
+                cost_nanos=int(r["cost_nanos"]),
+                requests=int(r["requests"]),
+                input_tokens=int(r["input_tokens"]),
+                output_tokens=int(r["output_tokens"]),
+            )
+            for r in rows
+        ]
+
+    async def report(self, query: ReportQuery) -> pb.SpendReport:
+        """The SpendReport of a validated query."""
+        return to_proto(await self.lines(query))
+
+
+def to_proto(lines: list[SpendLine]) -> pb.SpendReport:
+    """Rows with their blended cost and share, and the totals over all of them."""
+    total_cost = sum(line.cost_nanos for line in lines)
+    total_requests = sum(line.requests for line in lines)
+    report = pb.SpendReport(
+        total_cost_nanos=total_cost,
+        total_requests=total_requests,
+        total_input_tokens=sum(line.input_tokens for line in lines),
+        total_output_tokens=sum(line.output_tokens for line in lines),
+        cost_per_request_nanos=cost_per_request(total_cost, total_requests),
+    )
+    for line in lines:
+        row = report.rows.add(
+            group=line.group,
+            cost_nanos=line.cost_nanos,
+            requests=line.requests,
+            input_tokens=line.input_tokens,
+            output_tokens=line.output_tokens,
+            cost_per_request_nanos=cost_per_request(line.cost_nanos, line.requests),
+            share_basis_points=share_basis_points(line.cost_nanos, total_cost),
+        )
+        row.bucket_start.FromDatetime(line.bucket_start)
+    return report

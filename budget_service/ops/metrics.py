@@ -1,0 +1,206 @@
+"""Prometheus metrics on an HTTP port (METRICS_ADDR), one registry per service instance.
+
+- RPCs: `budget_rpc_calls_total{service,method,code}` and `budget_rpc_latency_seconds`
+  (observed by servicekit/rpc.py for every call).
+- Admissions: `budget_reservations_total{org,budget,outcome}` (admitted / refused, counted by
+  the budget that admitted or refused; a reservation covered by three budgets counts on each).
+- Utilization: `budget_utilization_ratio{org,budget}` (spent in the current period / limit),
+  from a snapshot of Redis refreshed every few seconds by a background job.
+- Prices: `budget_price_catalog_version` and `budget_price_catalog_age_seconds` (since the
+  newest price version took effect) of the in-process price table.
+- Ledger: the writer's backlog and lag, events written, failures, reconciliation differences.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from budget_service.hotpath import keys
+from budget_service.hotpath.config_cache import ConfigCache
+from budget_service.hotpath.periods import bounds_ms, spent_in_period
+from budget_service.hotpath.price_table import PriceTable
+from budget_service.hotpath.store import redis_call
+from budget_service.ledger.reconcile import ReconcileResult
+from budget_service.ledger.writer import LedgerWriter
+from servicekit.clock import Clock
+from servicekit.errors import ConfigError
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ServiceMetrics:
+    """The counters the request path updates (cheap: a labelled increment per event)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.calls = Counter(
+            "budget_rpc_calls",
+            "RPCs answered, by service, method and status code",
+            ["service", "method", "code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "budget_rpc_latency_seconds",
+            "RPC latency in the server, by service and method",
+            ["service", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.reservations = Counter(
+            "budget_reservations",
+            "Reservations admitted or refused, by the budget that admitted or refused them",
+            ["org", "budget", "outcome"],
+            registry=registry,
+        )
+
+    def observe_call(self, service: str, method: str, code: str, seconds: float) -> None:
+        self.calls.labels(service, method, code).inc()
+        self.latency.labels(service, method).observe(seconds)
+
+    def admitted(self, org: str, budget_ids: list[str]) -> None:
+        for budget_id in budget_ids:
+            self.reservations.labels(org, budget_id, "admitted").inc()
+
+    def refused(self, org: str, budget_ids: list[str]) -> None:
+        for budget_id in budget_ids:
+            self.reservations.labels(org, budget_id, "refused").inc()
+
+
+@dataclass
+class Utilization:
+    """Spent / limit of every budget, as of `taken_at` (refreshed by a background job)."""
+
+    ratios: dict[tuple[str, str], float]
+    taken_at: float = 0.0
+
+    @classmethod
+    def empty(cls) -> Utilization:
+        return cls({})
+
+    async def refresh(self, redis: aioredis.Redis, cache: ConfigCache, clock: Clock) -> None:
+        """Read every budget's spent counter (one pipeline per org)."""
+        ratios: dict[tuple[str, str], float] = {}
+        now = clock.now_ms()
+        for org in sorted(await redis_call(redis.smembers(keys.ORGS))):
+            config = await cache.reload(org)
+            if not config.budgets:
+                continue
+            async with redis.pipeline(transaction=False) as pipe:
+                for b in config.budgets:
+                    pipe.hmget(keys.budget(org, b.uid), "spent", "pstart")
+                states = await redis_call(pipe.execute())
+            for b, (spent, pstart) in zip(config.budgets, states, strict=True):
+                in_period = spent_in_period(spent, pstart, bounds_ms(b.period, b.timezone, now)[0])
+                # a ratio for a dashboard, not money: a float is what Prometheus carries
+                ratios[(org, b.id)] = in_period / b.limit_nanos if b.limit_nanos else 0.0
+        self.ratios = ratios
+        self.taken_at = time.time()
+
+
+class StateCollector(Collector):
+    """Gauges read at scrape time: the ledger writer, reconciliation, prices, utilization."""
+
+    def __init__(
+        self,
+        writer: LedgerWriter,
+        reconciled: ReconcileResult,
+        prices: PriceTable,
+        utilization: Utilization,
+        now_ms: Callable[[], int],
+    ) -> None:
+        self.writer = writer
+        self.reconciled = reconciled
+        self.prices = prices
+        self.utilization = utilization
+        self.now_ms = now_ms
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._ledger()
+        version = self.prices.version
+        yield GaugeMetricFamily(
+            "budget_price_catalog_version",
+            "Newest price version in the in-process price table (0: not loaded)",
+            value=version,
+        )
+        newest = self.prices.newest_effective_from_ms()
+        if newest is not None:
+            yield GaugeMetricFamily(
+                "budget_price_catalog_age_seconds",
+                "Seconds since the newest price version took effect",
+                value=max(0.0, (self.now_ms() - newest) / 1000),
+            )
+        ratio = GaugeMetricFamily(
+            "budget_utilization_ratio",
+            "Spent in the current period / limit (refreshed every few seconds)",
+            labels=["org", "budget"],
+        )
+        for (org, budget_id), value in sorted(self.utilization.ratios.items()):
+            ratio.add_metric([org, budget_id], value)
+        yield ratio
+
+    def _ledger(self) -> Iterator[Metric]:
+        s = self.writer.stats
+        yield GaugeMetricFamily(
+            "budget_ledger_backlog_events",
+            "Outbox entries not yet written to PostgreSQL and acknowledged",
+            value=s.backlog_events,
+        )
+        yield GaugeMetricFamily(
+            "budget_ledger_oldest_event_age_seconds",
+            "Age of the oldest outbox entry not yet trimmed (the writer's lag)",
+            value=s.oldest_event_age_seconds,
+        )
+        yield CounterMetricFamily(
+            "budget_ledger_events_written", "Events this process wrote to PostgreSQL", s.written
+        )
+        yield CounterMetricFamily(
+            "budget_ledger_duplicates_skipped",
+            "Events delivered again and skipped by event id",
+            s.duplicates,
+        )
+        yield CounterMetricFamily(
+            "budget_ledger_write_failures", "Failed drain attempts (retried)", s.failures
+        )
+        yield CounterMetricFamily(
+            "budget_ledger_malformed_events",
+            "Outbox entries the writer could not read, set aside in ba:{org}:ledger:malformed",
+            s.malformed,
+        )
+        r = self.reconciled
+        if r.runs:
+            yield GaugeMetricFamily(
+                "budget_ledger_reconcile_differences",
+                "Counters that differed from the ledger at the last comparison",
+                value=len(r.differences),
+            )
+            yield GaugeMetricFamily(
+                "budget_ledger_reconcile_last_run_timestamp_seconds",
+                "When Redis counters were last compared with the ledger",
+                value=r.last_run_unix,
+            )
+
+
+class MetricsServer:
+    """A /metrics endpoint for one service instance (its own registry)."""
+
+    def __init__(self, addr: str, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        host, _, port = addr.rpartition(":")
+        try:
+            self._httpd, self._thread = start_http_server(int(port), host, self.registry)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"METRICS_ADDR={addr!r}: cannot serve metrics there ({exc}); choose another"
+                " host:port, or set METRICS_ADDR to an empty value to turn metrics off"
+            ) from exc
+        self.port: int = self._httpd.server_port
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

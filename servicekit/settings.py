@@ -1,0 +1,123 @@
+"""Every setting of the budget service, declared once with its environment variable and default."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from servicekit.errors import ConfigError
+
+TRUE_WORDS = ("1", "true", "yes", "on")  # a bool setting is true when it is one of these
+
+
+def _env(name: str, default: Any, help: str) -> Any:
+    return field(default=default, metadata={"env": name, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration; `Settings.from_env()` reads it from the environment."""
+
+    budget_addr: str = _env("BUDGET_ADDR", "127.0.0.1:50051", "gRPC listen address")
+    pricing_addr: str = _env("PRICING_ADDR", "127.0.0.1:50052", "pricing service gRPC address")
+    pricing_source_urls: str = _env(
+        "PRICING_SOURCE_URLS", "", "comma-separated price sources (LiteLLM JSON): URLs or files"
+    )
+    pricing_refresh_seconds: float = _env(
+        "PRICING_REFRESH_SECONDS", 3600.0, "how often price sources are pulled"
+    )
+    reuse_port: bool = _env(
+        "BUDGET_REUSE_PORT", False, "share BUDGET_ADDR with other processes (SO_REUSEPORT)"
+    )
+    redis_url: str = _env("REDIS_URL", "", "redis://host:port/db (required by the service)")
+    database_url: str = _env("DATABASE_URL", "", "postgresql://... (required by the service)")
+    data_dir: Path = _env("BUDGET_DATA_DIR", Path(".data"), "where `make run` keeps its data")
+    log_level: str = _env("LOG_LEVEL", "info", "debug, info, warning or error")
+    log_format: str = _env("LOG_FORMAT", "json", "json (one object a line) or console")
+    default_ttl_seconds: float = _env("DEFAULT_TTL_SECONDS", 300.0, "hold TTL when none is given")
+    min_ttl_seconds: float = _env("MIN_TTL_SECONDS", 1.0, "shortest TTL a caller may ask for")
+    max_ttl_seconds: float = _env("MAX_TTL_SECONDS", 21600.0, "longest TTL a caller may ask for")
+    retention_seconds: float = _env(
+        "IDEMPOTENCY_RETENTION_SECONDS", 90000.0, "how long an ended reservation answers retries"
+    )
+    max_amount_nanos: int = _env(
+        "MAX_AMOUNT_NANOS", 1_000_000 * 10**9, "largest amount one request may hold or charge"
+    )
+    sweep_interval_seconds: float = _env(
+        "SWEEP_INTERVAL_SECONDS", 1.0, "how often expired holds are released"
+    )
+    config_reconcile_seconds: float = _env(
+        "CONFIG_RECONCILE_SECONDS", 60.0, "how often Redis config is re-checked against PostgreSQL"
+    )
+    redis_timeout_seconds: float = _env(
+        "REDIS_TIMEOUT_SECONDS", 0.5, "connect and command timeout; past it calls fail closed"
+    )
+    redis_pool_size: int = _env("REDIS_POOL_SIZE", 128, "connections to Redis per process")
+    ledger_writer: bool = _env(
+        "LEDGER_WRITER", True, "drain the ledger outbox into PostgreSQL in this process"
+    )
+    ledger_poll_seconds: float = _env(
+        "LEDGER_POLL_SECONDS", 0.1, "how often the ledger writer looks for new events"
+    )
+    ledger_batch_size: int = _env("LEDGER_BATCH_SIZE", 1000, "events per PostgreSQL transaction")
+    ledger_claim_idle_seconds: float = _env(
+        "LEDGER_CLAIM_IDLE_SECONDS", 30.0, "a dead writer's unacknowledged events are taken after"
+    )
+    ledger_reconcile_seconds: float = _env(
+        "LEDGER_RECONCILE_SECONDS", 300.0, "how often Redis counters are compared with the ledger"
+    )
+    metrics_addr: str = _env(
+        "METRICS_ADDR", "127.0.0.1:9464", "Prometheus /metrics host:port (empty: no metrics)"
+    )
+    tracing_exporter: str = _env(
+        "TRACING_EXPORTER", "", "OpenTelemetry spans per RPC: otlp, console, global (empty: off)"
+    )
+    shutdown_grace_seconds: float = _env(
+        "SHUTDOWN_GRACE_SECONDS", 10.0, "how long in-flight calls may finish on shutdown"
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_amount_nanos < 2**53:
+            # The scripts do a reservation's own arithmetic (charged - refunded) in Lua doubles.
+            raise ConfigError(f"MAX_AMOUNT_NANOS must be between 1 and {2**53 - 1}")
+        if not 0 < self.min_ttl_seconds <= self.default_ttl_seconds <= self.max_ttl_seconds:
+            raise ConfigError(
+                "TTL settings must satisfy 0 < MIN_TTL_SECONDS <= DEFAULT_TTL_SECONDS"
+                " <= MAX_TTL_SECONDS"
+            )
+        for name in ("sweep_interval_seconds", "config_reconcile_seconds",
+                     "redis_timeout_seconds", "ledger_poll_seconds", "ledger_batch_size",
+                     "ledger_claim_idle_seconds", "ledger_reconcile_seconds"):  # fmt: skip
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.upper()} must be greater than 0")
+        if self.log_format not in ("json", "console"):
+            raise ConfigError(f"LOG_FORMAT={self.log_format!r}: use json or console")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every setting from `environ` (default os.environ); keyword overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+            elif name in env and env[name] != "":
+                values[f.name] = _parse(name, env[name], type(f.default))
+        return cls(**values)
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(environment variable, default, help) of every setting, for --help and the README."""
+        return [(f.metadata["env"], str(f.default), f.metadata["help"]) for f in fields(cls)]
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            return raw.lower() in TRUE_WORDS
+        return kind(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from exc
