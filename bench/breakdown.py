@@ -160,10 +160,11 @@ async def _run(redis_proc: RedisProcess, n: int) -> list[dict[str, Any]]:
         overdraft_nanos=0,
         version=1,
     )
-    await ConfigSync(scripts).push(config)
+    epoch = "breakdown"  # no PostgreSQL here: any epoch, the same for config and cache
+    await ConfigSync(scripts, epoch).push(config, first_of_org=True)
     engine = Engine(
         scripts,
-        ConfigCache(redis),
+        ConfigCache(redis, epoch=epoch),
         SystemClock(),
         retention_ms=int(settings.retention_seconds * 1000),
     )

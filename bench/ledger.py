@@ -49,7 +49,7 @@ async def measure(redis: RedisProcess, postgres: PostgresProcess, pairs: int) ->
     try:
         budget = validate_budget(pb.Budget(org=ORG, id="cap", limit_nanos=10**15))
         config = await BudgetRepository(app.pool).upsert(budget, "bench")
-        await ConfigSync(app.engine.scripts).push(config)
+        await ConfigSync(app.engine.scripts, app.engine.cache.epoch).push(config, first_of_org=True)
         subject = frozenset({("team", "bench")})
 
         async def pair(i: int) -> None:

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from budget_service.api.admin import BudgetAdminService
 from budget_service.api.gateway import BudgetService
+from budget_service.config import epoch as epochs
 from budget_service.config.budget_repo import BudgetRepository
 from budget_service.config.sync import ConfigSync
 from budget_service.hotpath import store
@@ -28,6 +29,7 @@ from budget_service.hotpath.price_table import PriceTable
 from budget_service.hotpath.redis_wire import Address, RedisWire
 from budget_service.hotpath.sweeper import Sweeper
 from budget_service.ledger.reconcile import ReconcileResult
+from budget_service.ledger.recovery import EpochWatch, Rebuilder, prepare_data_set
 from budget_service.ledger.writer import LedgerWriter
 from budget_service.ops.metrics import MetricsServer, ServiceMetrics, StateCollector, Utilization
 from genproto.budget.v1 import budget_pb2, budget_pb2_grpc
@@ -39,6 +41,8 @@ from servicekit.settings import Settings
 
 log = structlog.get_logger(__name__)
 UTILIZATION_SECONDS = 10.0  # how often budget_utilization_ratio is re-read from Redis
+PRUNE_SECONDS = 600.0  # how often idle orgs are taken out of the registry (hotpath/sweeper.py)
+EPOCH_WATCH_SECONDS = 1.0  # how often the data-set sentinel is checked (ledger/recovery.py)
 SERVICE_NAMES = (
     budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
     budget_pb2.DESCRIPTOR.services_by_name["BudgetAdminService"].full_name,
@@ -63,6 +67,7 @@ class App:
     reconciled: ReconcileResult
     utilization: Utilization
     metrics: MetricsServer | None
+    rebuilder: Rebuilder
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def stop(self) -> None:
@@ -74,6 +79,7 @@ class App:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         for job in self.background:
             await job.stop()
+        await self.rebuilder.stop()
         await self.prices.stop()
         if self.budget_service.overrides is not None:
             await self.budget_service.overrides.stop()
@@ -108,12 +114,39 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     pool = await db.connect(settings.database_url)
     await db.migrate(pool, "budget_service", record_prefix="")
     repo = BudgetRepository(pool)
-    sync = ConfigSync(scripts)
-    await sync.reconcile(repo)
-
+    epoch = await epochs.load(pool)
+    cache = ConfigCache(redis, epoch=epoch.value)
+    sync = ConfigSync(scripts, epoch.value, cache)
+    retention_ms = int(settings.retention_seconds * 1000)
     engine = Engine(
-        scripts, ConfigCache(redis), clock, retention_ms=int(settings.retention_seconds * 1000)
+        scripts, cache, clock, retention_ms=retention_ms, outbox_limit=settings.ledger_outbox_limit
     )
+    rebuilder = Rebuilder(
+        scripts, pool, clock, epoch=epoch.value, retention_ms=retention_ms,
+        window_ms=int((settings.retention_seconds + settings.max_ttl_seconds) * 1000),
+        enabled=settings.auto_rebuild,
+    )  # fmt: skip
+    engine.on_lost = sync.on_lost = rebuilder.request
+    ledger = LedgerWriter(
+        redis,
+        pool,
+        batch_size=settings.ledger_batch_size,
+        claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000),
+    )
+    # The writer drains before anything is served: a rebuild at start waits for it.
+    background: list[Periodic] = []
+    if settings.ledger_writer:
+        background.append(
+            Periodic("ledger-writer", settings.ledger_poll_seconds, ledger.drain_once)
+        )
+        background[0].start()
+    try:
+        await prepare_data_set(scripts, pool, sync, repo, rebuilder, epoch)
+    except BaseException:
+        await _close(background, rebuilder, scripts, redis, pool)
+        raise
+    watch = EpochWatch(scripts, epoch.value, rebuilder)
+    watch.on_change = lambda lost: setattr(engine, "data_set_lost", lost)
     # Without reuse_port a second process on a taken address fails to start instead of
     # silently splitting the traffic with the first.
     server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.reuse_port))])
@@ -152,32 +185,24 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     except ConfigError:
         await prices.stop()
         await overrides.stop()
-        scripts.close()
-        await redis.aclose()
-        await pool.close()
+        await _close(background, rebuilder, scripts, redis, pool)
         raise
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    background = [
-        Periodic(
-            "sweeper", settings.sweep_interval_seconds, Sweeper(redis, engine, clock).sweep_once
-        ),
+    started = len(background)
+    sweeper = Sweeper(redis, engine, clock)
+    idle_ms = int((settings.retention_seconds + settings.max_ttl_seconds) * 1000)
+    background += [
+        Periodic("sweeper", settings.sweep_interval_seconds, sweeper.sweep_once),
+        Periodic("org-prune", PRUNE_SECONDS, lambda: sweeper.prune_once(idle_ms)),
         # Applies an upsert whose push to Redis failed, and any drift, without a restart.
         Periodic(
             "config-reconcile", settings.config_reconcile_seconds, lambda: sync.reconcile(repo)
         ),
+        # A Redis that lost its whole data set is noticed within a second, for every org.
+        Periodic("epoch-watch", EPOCH_WATCH_SECONDS, watch.check_once),
     ]
-    ledger = LedgerWriter(
-        redis,
-        pool,
-        batch_size=settings.ledger_batch_size,
-        claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000),
-    )
-    if settings.ledger_writer:
-        background.append(
-            Periodic("ledger-writer", settings.ledger_poll_seconds, ledger.drain_once)
-        )
     reconciled = ReconcileResult()
     background.append(
         Periodic(
@@ -196,11 +221,27 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
                 lambda: utilization.refresh(redis, engine.cache, clock),
             )
         )
-    for job in background:
+    for job in background[started:]:
         job.start()
     host = settings.budget_addr.rsplit(":", 1)[0]
     log.info("server.started", addr=f"{host}:{port}")
     return App(
         settings, server, port, redis, pool, engine, background, ledger, prices, budget_service,
-        health_servicer, reconciled, utilization, metrics,
+        health_servicer, reconciled, utilization, metrics, rebuilder,
     )  # fmt: skip
+
+
+async def _close(
+    background: list[Periodic],
+    rebuilder: Rebuilder,
+    scripts: store.Scripts,
+    redis: aioredis.Redis,
+    pool: asyncpg.Pool,
+) -> None:
+    """Stop what a failed start had started, and close the stores."""
+    for job in background:
+        await job.stop()
+    await rebuilder.stop()
+    scripts.close()
+    await redis.aclose()
+    await pool.close()

@@ -13,8 +13,10 @@ Token convention (usage_shapes.py produces it from every provider's shape):
 from __future__ import annotations
 
 import decimal
+import math
 from dataclasses import dataclass
 from decimal import Decimal
+from fractions import Fraction
 
 from pricing_service.prices import EXACT, ModelPrice
 
@@ -195,3 +197,37 @@ def reserve_estimate_nanos(
             price, "output", max_output_tokens, output_rate
         )
     return _to_nanos(price, total)
+
+
+def max_output_for_hold(
+    price: ModelPrice,
+    input_tokens: int,
+    requested_output_tokens: int,
+    hold_nanos: Nanos,
+    *,
+    batch: bool = False,
+) -> int:
+    """The most output tokens `hold_nanos` pays for with `input_tokens` of prompt.
+
+    The inverse of `reserve_estimate_nanos`: the largest n, at most the model's max_output_tokens,
+    with reserve_estimate_nanos(price, input_tokens, n) <= hold_nanos. Where output costs nothing
+    the hold limits nothing: the model's maximum, else the requested count.
+    """
+    rates = rates_for(price, input_tokens, batch=batch)
+    output_rates = [rate for rate in (rates.output, rates.reasoning) if rate is not None]
+    cap = price.max_output_tokens
+    if not output_rates:
+        return 0  # output has no price: any output token would fail to price
+    output_rate = max(output_rates)
+    if output_rate == 0:
+        return cap if cap is not None else requested_output_tokens
+    with decimal.localcontext(EXACT):
+        fixed = _line(price, "input", input_tokens, rates.input) * _NANOS_PER_MILLION_UNIT
+        if price.request_fee is not None:
+            fixed += price.request_fee * _NANOS_PER_USD
+        # half-up rounding: round(x) <= hold exactly when x < hold + 1/2
+        room = Decimal(hold_nanos) + Decimal("0.5") - fixed
+    # the largest n with n * rate < room, rate = nano-USD per output token: exact as fractions
+    per_token = Fraction(output_rate) * _NANOS_PER_MILLION_UNIT
+    most = max(math.ceil(Fraction(room) / per_token) - 1, 0)
+    return min(most, cap) if cap is not None else most

@@ -17,6 +17,8 @@ from pricing_service.cost import INT64_MAX, rates_for
 from pricing_service.prices import ModelPrice
 
 Estimator = Callable[[int, int], int]
+# (input tokens, requested output tokens, hold nano-USD) -> the most output tokens it pays for
+OutputLimit = Callable[[int, int, int], int]
 _MICRO = Decimal(10**6)
 
 
@@ -67,3 +69,31 @@ def compile_estimator(price: ModelPrice) -> Estimator | None:
         return nanos
 
     return estimate
+
+
+def compile_output_limit(price: ModelPrice) -> OutputLimit | None:
+    """An integer `cost.max_output_for_hold(price, ...)`, or None where the rates don't allow it."""
+    try:
+        thresholds = [t.threshold_tokens for t in price.tiers]
+        bands = [_band(price, 0)] + [_band(price, t + 1) for t in thresholds]
+        fee = _scaled(price.request_fee, Decimal(10**12)) or 0
+    except ArithmeticError:
+        return None
+    cap = price.max_output_tokens
+
+    def limit(input_tokens: int, requested_output_tokens: int, hold_nanos: int) -> int:
+        band = 0
+        for i, threshold in enumerate(thresholds):
+            if input_tokens > threshold:
+                band = i + 1
+        input_rate, output_rate = bands[band]
+        if output_rate is None:
+            return 0
+        if output_rate == 0:
+            return cap if cap is not None else requested_output_tokens
+        fixed = fee + (input_tokens * input_rate if input_tokens and input_rate else 0)
+        # milli-nanos; half-up to nanos: (total + 500) // 1000 <= hold <=> total <= 1000 hold + 499
+        most = max((1000 * hold_nanos + 499 - fixed) // output_rate, 0)
+        return min(most, cap) if cap is not None else most
+
+    return limit

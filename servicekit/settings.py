@@ -68,6 +68,16 @@ class Settings:
     ledger_reconcile_seconds: float = _env(
         "LEDGER_RECONCILE_SECONDS", 300.0, "how often Redis counters are compared with the ledger"
     )
+    ledger_outbox_limit: int = _env(
+        "LEDGER_OUTBOX_LIMIT",
+        500_000,
+        "events an org's outbox may hold unwritten before its new Reserves answer UNAVAILABLE",
+    )
+    auto_rebuild: bool = _env(
+        "AUTO_REBUILD",
+        True,
+        "rebuild an org from the ledger when Redis lost its data (false: an operator does it)",
+    )
     metrics_addr: str = _env(
         "METRICS_ADDR", "127.0.0.1:9464", "Prometheus /metrics host:port (empty: no metrics)"
     )
@@ -89,7 +99,8 @@ class Settings:
             )
         for name in ("sweep_interval_seconds", "config_reconcile_seconds",
                      "redis_timeout_seconds", "ledger_poll_seconds", "ledger_batch_size",
-                     "ledger_claim_idle_seconds", "ledger_reconcile_seconds"):  # fmt: skip
+                     "ledger_claim_idle_seconds", "ledger_reconcile_seconds",
+                     "ledger_outbox_limit"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be greater than 0")
         if self.log_format not in ("json", "console"):

@@ -175,7 +175,8 @@ class Model:
         for b in covering:
             room = b.limit + (b.overdraft if critical else 0)
             used = b.spent(now_ms) + b.reserved
-            if b.mode == HARD and used + amount > room:
+            # a hard budget with no room left refuses whatever the amount, zero included
+            if b.mode == HARD and (used + amount > room or used >= room):
                 refusals.append((b.id, b.limit, room - used))
         if refusals:
             return ("refused", tuple(refusals))

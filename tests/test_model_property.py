@@ -59,6 +59,9 @@ from tests import reference_model as ref
 NY = "America/New_York"
 MAX_AMOUNT = 10**15  # Settings.max_amount_nanos: the most one request may hold or charge
 RETENTION_MS = 90_000_000  # Settings.retention_seconds: records outlive any run of this test
+# The data-set epoch these orgs' config is written with (the service takes its own from
+# PostgreSQL); the engines here expect the same one, as a service's engine does.
+EPOCH = "property-test"
 TTLS_MS = (1_000, 2_000, 60_000, 3_600_000, 21_600_000)  # the handlers allow 1 s to 6 h
 RESERVATION_IDS = ("r0", "r1", "r2", "r3")
 REFUND_IDS = ("f0", "f1", "f2")
@@ -347,13 +350,18 @@ class BudgetMachine(RuleBasedStateMachine):
             if REDIS_URL[0] not in _loaded_on:
                 await self.scripts.load()
                 _loaded_on.add(REDIS_URL[0])
-            sync = ConfigSync(self.scripts)
+            sync = ConfigSync(self.scripts, EPOCH)
             for c in self.configs.values():
-                await sync.push(c)
+                await sync.push(c, first_of_org=True)
 
         self.run(push())
         self.engines = [
-            Engine(self.scripts, ConfigCache(self.client), self.clock, retention_ms=RETENTION_MS)
+            Engine(
+                self.scripts,
+                ConfigCache(self.client, epoch=EPOCH),
+                self.clock,
+                retention_ms=RETENTION_MS,
+            )
             for _ in range(2)
         ]
         self.model = ref.Model(
@@ -589,7 +597,7 @@ class BudgetMachine(RuleBasedStateMachine):
         else:
             new = replace(old, mode=data.draw(st.sampled_from(sorted(MODE_NAMES)), label="mode"))
         new = replace(new, version=old.version + 1)
-        self.run(ConfigSync(self.scripts).push(new))
+        self.run(ConfigSync(self.scripts, EPOCH).push(new))
         self.configs[budget_id] = new
         b.limit, b.overdraft, b.mode = new.limit_nanos, new.overdraft_nanos, new.mode_name
 
@@ -711,9 +719,12 @@ class _Org:
             version=1,
         )
         self.run(self.scripts.load())
-        self.run(ConfigSync(self.scripts).push(self.config))
+        self.run(ConfigSync(self.scripts, EPOCH).push(self.config, first_of_org=True))
         self.engine = Engine(
-            self.scripts, ConfigCache(self.client), self.clock, retention_ms=RETENTION_MS
+            self.scripts,
+            ConfigCache(self.client, epoch=EPOCH),
+            self.clock,
+            retention_ms=RETENTION_MS,
         )
 
     def run(self, coro: Any) -> Any:

@@ -13,6 +13,7 @@ from budget_service.config.sync import ConfigSync
 from budget_service.hotpath import keys, price_refs
 from budget_service.hotpath.budgets import validate_budget
 from budget_service.hotpath.config_cache import ConfigCache
+from budget_service.hotpath.errors import DataLost
 from budget_service.hotpath.periods import bounds_ms, spent_in_period
 from budget_service.hotpath.store import redis_call
 from budget_service.ledger.reports import SpendReports, parse_request
@@ -62,6 +63,22 @@ def _after_id(token: str) -> str:
     return after
 
 
+def _overage_commits(recorded: str) -> list[pb.OverageCommit]:
+    """The commit script's record of over-limit commits: 'id|nanos|flags' joined by ';'."""
+    out = []
+    for entry in filter(None, recorded.split(";")):
+        reservation_id, nanos, flags = entry.split("|")
+        out.append(
+            pb.OverageCommit(
+                reservation_id=reservation_id,
+                above_limit_nanos=int(nanos),
+                late="L" in flags,
+                above_hold="H" in flags,
+            )
+        )
+    return out
+
+
 class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
     """Upsert / Get / List / Delete budgets, a budget's current period, and spend reports."""
 
@@ -87,8 +104,12 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
     async def UpsertBudget(self, request: pb.UpsertBudgetRequest, context: Context) -> pb.Budget:
         budget = validate_budget(request.budget)
         config = await self.repo.upsert(budget, _actor(context))
+        # The org's only budget, just created: nothing of the org can be lost in Redis yet.
+        first = config.version == 1 and await self.repo.count(config.org) == 1
         try:
-            await self.sync.push(config)
+            await self.sync.push(config, first_of_org=first)
+        except DataLost:  # the rebuild applies it; the message says so
+            raise
         except Unavailable as exc:
             raise Unavailable(
                 f"budget {config.id!r} version {config.version} is saved in PostgreSQL but Redis"
@@ -130,8 +151,10 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
         org = v.require_id("org", request.org)
         budget_id = v.require_id("budget_id", request.budget_id)
         config = await self.repo.get(org, budget_id)
-        spent_s, reserved_s, pstart_s = await redis_call(
-            self.client.hmget(keys.budget(org, config.uid), "spent", "reserved", "pstart")
+        spent_s, reserved_s, pstart_s, count_s, recent_s = await redis_call(
+            self.client.hmget(
+                keys.budget(org, config.uid), "spent", "reserved", "pstart", "ovn", "ovc"
+            )
         )
         start, end = bounds_ms(config.period, config.timezone, self.clock.now_ms())
         spent = spent_in_period(spent_s, pstart_s, start)
@@ -141,7 +164,11 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
             spent_nanos=spent,
             reserved_nanos=reserved,
             remaining_nanos=config.limit_nanos - spent - reserved,
+            overage_nanos=max(0, spent - config.limit_nanos),
         )
+        if spent > config.limit_nanos:  # the overage record of an earlier period is not shown
+            status.overage_commit_count = spent_in_period(count_s, pstart_s, start)
+            status.recent_overage_commits.extend(_overage_commits(recent_s or ""))
         status.period_start.FromMilliseconds(start if end is not None else config.created_at_ms)
         if end is not None:
             status.period_end.FromMilliseconds(end)

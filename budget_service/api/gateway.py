@@ -18,7 +18,7 @@ from budget_service.ops.metrics import ServiceMetrics
 from genproto.budget.v1 import budget_pb2 as pb
 from genproto.budget.v1 import budget_pb2_grpc
 from pricing_service.convert import usage_from_proto, usage_to_proto
-from pricing_service.cost import cost_nanos, reserve_estimate_nanos
+from pricing_service.cost import cost_nanos, max_output_for_hold, reserve_estimate_nanos
 from pricing_service.overrides import PriceOverride, price_for
 from pricing_service.prices import ModelPrice
 from pricing_service.usage_shapes import UsageShapeError, normalize
@@ -101,8 +101,11 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
         if kind is None:
             raise InvalidArgument("amount_nanos", "is required: the estimated cost in nano-USD")
         price_ref = price_refs.AMOUNT
+        max_output = 0
         if kind == "usage":
-            amount, price_ref = await self._estimate(request.subject, pairs, request.usage)
+            amount, price_ref, max_output = await self._estimate(
+                request.subject, pairs, request.usage
+            )
         else:
             amount = self._amount("amount_nanos", request.amount_nanos)
         ttl_ms = self._ttl_ms("ttl", request.ttl, request.HasField("ttl"))
@@ -130,6 +133,7 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
             budgets=balances_to_proto(held.budgets),
             price_version=price_refs.catalog_version(price_ref) or 0,
             unknown_model_price_used=price_refs.is_unknown_model(price_ref),
+            max_output_tokens=max_output,
         )
         response.expires_at.FromMilliseconds(held.expires_at_ms)
         return response
@@ -199,8 +203,9 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
 
     async def _estimate(
         self, subject: pb.Subject, pairs: frozenset[tuple[str, str]], usage: pb.Usage
-    ) -> tuple[int, str]:
-        """The hold for a token estimate (the org's negotiated prices applied) and its price ref."""
+    ) -> tuple[int, str, int]:
+        """The hold for a token estimate (the org's negotiated prices applied), its price ref,
+        and the most output tokens the hold pays for."""
         if not subject.model:
             raise InvalidArgument("subject.model", "is required to price a usage estimate")
         try:
@@ -209,22 +214,31 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
             fallback = await self._unknown_model_price(subject.org, pairs)
             if fallback is None:
                 raise
-            return self._estimate_at(price_refs.unknown_model_price(fallback), usage), fallback
+            amount, most = self._estimate_at(price_refs.unknown_model_price(fallback), usage)
+            return amount, fallback, most
+        ref = price_refs.catalog(entry.version)
         price = price_for(entry.price, await self._negotiated(subject.org))
-        if price is entry.price and entry.estimator is not None:  # list price: integer path
-            try:
-                amount = entry.estimator(usage.input_tokens, usage.output_tokens)
-            except ValueError as exc:
-                raise InvalidArgument("usage", str(exc)) from exc
-            return self._amount("usage", amount), price_refs.catalog(entry.version)
-        return self._estimate_at(price, usage), price_refs.catalog(entry.version)
-
-    def _estimate_at(self, price: ModelPrice, usage: pb.Usage) -> int:
-        try:
-            amount = reserve_estimate_nanos(price, usage.input_tokens, usage.output_tokens)
+        if price is not entry.price or entry.estimator is None or entry.output_limit is None:
+            amount, most = self._estimate_at(price, usage)
+            return amount, ref, most
+        try:  # the list price: integer arithmetic, the same answers as the Decimal path
+            amount = entry.estimator(usage.input_tokens, usage.output_tokens)
         except ValueError as exc:
             raise InvalidArgument("usage", str(exc)) from exc
-        return self._amount("usage", amount)
+        amount = self._amount("usage", amount)
+        return amount, ref, entry.output_limit(usage.input_tokens, usage.output_tokens, amount)
+
+    def _estimate_at(self, price: ModelPrice, usage: pb.Usage) -> tuple[int, int]:
+        """The hold for `usage` at `price`, and the most output tokens it pays for."""
+        try:
+            amount = self._amount(
+                "usage", reserve_estimate_nanos(price, usage.input_tokens, usage.output_tokens)
+            )
+            return amount, max_output_for_hold(
+                price, usage.input_tokens, usage.output_tokens, amount
+            )
+        except ValueError as exc:
+            raise InvalidArgument("usage", str(exc)) from exc
 
     async def _unknown_model_price(self, org: str, pairs: frozenset[tuple[str, str]]) -> str | None:
         """The price ref of the covering budgets' unknown_model_price, if any opts in.

@@ -143,6 +143,22 @@ class BudgetRepository:
             )
         return [_row_to_config(r) for r in rows]
 
+    async def in_org(self, org: str) -> list[BudgetConfig]:
+        """Every budget of one org, ordered by id."""
+        async with guard():
+            rows = await self.pool.fetch(
+                f"SELECT {COLUMNS} FROM budgets WHERE org = $1 ORDER BY id", org
+            )
+        return [_row_to_config(r) for r in rows]
+
+    async def count(self, org: str) -> int:
+        """How many budgets the org has."""
+        async with guard():
+            found: int = await self.pool.fetchval(
+                "SELECT count(*) FROM budgets WHERE org = $1", org
+            )
+        return found
+
     async def all_by_org(self) -> dict[str, list[BudgetConfig]]:
         """Every budget of every org (for reconciling Redis at start)."""
         async with guard():

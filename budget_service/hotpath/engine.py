@@ -15,7 +15,7 @@ from typing import Any
 from budget_service.hotpath import keys
 from budget_service.hotpath.budgets import MODES_BY_NAME, BudgetConfig
 from budget_service.hotpath.config_cache import ConfigCache, OrgBudgets
-from budget_service.hotpath.errors import BudgetExceeded, Refusal
+from budget_service.hotpath.errors import BudgetExceeded, DataLost, Refusal
 from budget_service.hotpath.periods import bounds_ms
 from budget_service.hotpath.store import Scripts, redis_call
 from servicekit.clock import Clock
@@ -24,6 +24,8 @@ from servicekit.errors import FailedPrecondition, IdempotencyConflict, NotFound,
 Nanos = int
 RELIST_SECONDS = 30.0
 ATTEMPTS = 3  # a stale config or an unknown key list costs one more try; three is plenty
+MAX_REFUNDS = 100  # refund ids one reservation takes (scripts/refund.lua)
+DEFAULT_OUTBOX_LIMIT = 500_000
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Attempt:
     """What one try of a reservation script is built from."""
 
     config_version: str
+    epoch: str
     now: int
     uids: str
     periods: list[str | int]
@@ -97,12 +100,25 @@ class Engine:
     """Reserve, commit, release, refund, extend and expire against Redis."""
 
     def __init__(
-        self, scripts: Scripts, cache: ConfigCache, clock: Clock, *, retention_ms: int
+        self,
+        scripts: Scripts,
+        cache: ConfigCache,
+        clock: Clock,
+        *,
+        retention_ms: int,
+        outbox_limit: int = DEFAULT_OUTBOX_LIMIT,
     ) -> None:
         self.scripts = scripts
         self.cache = cache
         self.clock = clock
         self.retention_ms = retention_ms
+        self.outbox_limit = outbox_limit
+        # Told when Redis turns out to have lost an org's data (the org, answers whether a
+        # rebuild is under way); the server wires the automatic rebuild here.
+        self.on_lost: Callable[[str], bool] = lambda org: False
+        # Set while Redis is known to have lost its whole data set (budget_service/config/
+        # epoch.py watches it): every call fails closed until the rebuild is done.
+        self.data_set_lost = False
         # reservation -> (its budgets' uids, its price ref), so a commit on this replica
         # needs no extra round trip
         self._memo: dict[tuple[str, str], tuple[str, str]] = {}
@@ -114,6 +130,34 @@ class Engine:
         if len(self._memo) > 200_000:
             self._memo.clear()
         self._memo[(org, reservation_id)] = (uids, price_ref)
+
+    async def _config(self, org: str) -> OrgBudgets:
+        """The org's cached config; DataLost while Redis is known to have lost its data."""
+        if self.data_set_lost:
+            raise self._lost(org)
+        try:
+            return await self.cache.get(org)
+        except DataLost as lost:
+            raise self._lost(org) from lost
+
+    def _lost(self, org: str) -> DataLost:
+        """The error for a call that found the org's data gone; starts the rebuild if allowed."""
+        self.cache.forget(org)
+        return DataLost(org, rebuilding=self.on_lost(org))
+
+    async def _list(self, org: str) -> None:
+        """Keep the org in the sweeper's and ledger writer's list (ba:orgs), refreshed now and
+        then so an org pruned while idle, or a list lost with Redis's data, comes back."""
+        now = time.monotonic()
+        listed = self._listed_orgs.get(org)
+        if listed is not None and now - listed <= RELIST_SECONDS:
+            return
+        await redis_call(self.scripts.client.sadd(keys.ORGS, org))
+        if len(self._listed_orgs) > 100_000:  # orgs idle for a while are re-added on their return
+            self._listed_orgs = {
+                o: t for o, t in self._listed_orgs.items() if now - t <= RELIST_SECONDS
+            }
+        self._listed_orgs[org] = now
 
     async def reserve(
         self,
@@ -132,11 +176,8 @@ class Engine:
         `price_ref` names the price a usage estimate was made with ("0" for an amount); a
         usage commit is priced with it.
         """
-        listed = self._listed_orgs.get(org)
-        if listed is None or time.monotonic() - listed > RELIST_SECONDS:
-            await redis_call(self.scripts.client.sadd(keys.ORGS, org))
-            self._listed_orgs[org] = time.monotonic()
-        config = await self.cache.get(org)
+        await self._list(org)
+        config = await self._config(org)
         subject = subject_json(pairs)
         for _ in range(ATTEMPTS):
             now = self.clock.now_ms()
@@ -153,6 +194,8 @@ class Engine:
                 self.retention_ms,
                 price_ref,
                 subject,
+                config.epoch,
+                self.outbox_limit,
                 len(covering),
             ]
             for b in covering:
@@ -170,8 +213,17 @@ class Engine:
             )
             status = reply[0]
             if status == "STALE":
-                config = await self.cache.reload(org)
+                config = await self._reload(org)
                 continue
+            if status == "LOST":
+                raise self._lost(org)
+            if status == "BACKLOG":
+                raise Unavailable(
+                    f"org {org!r}'s ledger outbox holds {reply[1]} events not yet written to"
+                    f" PostgreSQL (LEDGER_OUTBOX_LIMIT={self.outbox_limit}): new reservations"
+                    " wait until the ledger writer catches up (is PostgreSQL up?); commits,"
+                    " releases and refunds still work"
+                )
             if status == "MISMATCH":
                 raise IdempotencyConflict(
                     f"reservation_id {reservation_id!r} was already used for a different request;"
@@ -192,6 +244,12 @@ class Engine:
             self._remember(org, reservation_id, uids, price_ref)
             return Reserved(int(held), int(expires_ms), _balances(rows))
         raise Unavailable("budget configuration kept changing during the call; retry it")
+
+    async def _reload(self, org: str) -> OrgBudgets:
+        try:
+            return await self.cache.reload(org)
+        except DataLost as lost:
+            raise self._lost(org) from lost
 
     def _periods(self, config: OrgBudgets, uids: str, now: int) -> list[str | int]:
         starts: list[str | int] = []
@@ -215,11 +273,11 @@ class Engine:
         costs one more try, changes nothing, and is bounded.
         """
         uids, price_ref = self._memo.get((org, reservation_id), ("", None))
-        config = await self.cache.get(org)
+        config = await self._config(org)
         for _ in range(ATTEMPTS):
             now = self.clock.now_ms()
             periods = self._periods(config, uids, now)
-            attempt = Attempt(config.version, now, uids, periods, price_ref)
+            attempt = Attempt(config.version, config.epoch, now, uids, periods, price_ref)
             reply = await self.scripts.run(
                 name,
                 [
@@ -237,7 +295,9 @@ class Engine:
             elif reply[0] == "PV":
                 price_ref = reply[1]
             elif reply[0] == "STALE":
-                config = await self.cache.reload(org)
+                config = await self._reload(org)
+            elif reply[0] == "LOST":
+                raise self._lost(org)
             elif reply[0] == "NOTFOUND":
                 raise _not_found(reservation_id)
             else:
@@ -271,7 +331,7 @@ class Engine:
             else:
                 amount, version = actual, ""
             return [a.config_version, reservation_id, fingerprint, amount, a.now,
-                    self.retention_ms, a.uids, version, usage_json, latency_ms or "",
+                    self.retention_ms, a.uids, version, usage_json, latency_ms or "", a.epoch,
                     len(a.periods), *a.periods]  # fmt: skip
 
         usage_json = json.dumps(usage, separators=(",", ":")) if usage else ""
@@ -318,21 +378,25 @@ class Engine:
 
     async def _hold_script(self, name: str, org: str, reservation_id: str) -> Any:
         uids = self._memo.get((org, reservation_id), ("", 0))[0]
+        config = await self._config(org)
         for _ in range(ATTEMPTS):
             now = self.clock.now_ms()
             reply = await self.scripts.run(
                 name,
                 [
+                    keys.config(org),
                     keys.reservation(org, reservation_id),
                     keys.expiries(org),
                     keys.ledger(org),
                     *(keys.budget(org, u) for u in _split(uids)),
                 ],
-                [reservation_id, now, self.retention_ms, uids, len(_split(uids))],
+                [reservation_id, now, self.retention_ms, uids, config.epoch, len(_split(uids))],
             )
             if reply[0] == "KEYS":
                 uids = reply[1]
                 continue
+            if reply[0] == "LOST":
+                raise self._lost(org)
             if reply[0] != "NOTDUE":
                 self._memo.pop((org, reservation_id), None)
             return reply
@@ -350,9 +414,10 @@ class Engine:
                 refund_id,
                 amount,
                 a.now,
-                self.retention_ms,
+                MAX_REFUNDS,
                 a.uids,
                 reservation_id,
+                a.epoch,
                 len(a.periods),
                 *a.periods,
             ],
@@ -367,16 +432,30 @@ class Engine:
                 f"reservation {reservation_id!r} is {reply[1]}, not committed; only"
                 " committed spend can be refunded"
             )
+        if reply[0] == "TOOMANY":
+            raise FailedPrecondition(
+                f"reservation {reservation_id!r} already has {reply[1]} refunds, the most one"
+                " reservation takes; refund what is left in one call with a new refund_id"
+                " (retries of earlier refund_ids still answer)"
+            )
         return int(reply[1])
 
     async def extend(self, org: str, reservation_id: str, ttl_ms: int) -> int:
         """Move a live hold's expiry to now + ttl; answers the new expiry (ms)."""
+        config = await self._config(org)
         now = self.clock.now_ms()
         reply = await self.scripts.run(
             "extend",
-            [keys.reservation(org, reservation_id), keys.expiries(org)],
-            [reservation_id, now, now + ttl_ms, self.retention_ms],
+            [
+                keys.config(org),
+                keys.reservation(org, reservation_id),
+                keys.expiries(org),
+                keys.ledger(org),
+            ],
+            [reservation_id, now, now + ttl_ms, self.retention_ms, config.epoch],
         )
+        if reply[0] == "LOST":
+            raise self._lost(org)
         if reply[0] == "NOTFOUND":
             raise _not_found(reservation_id)
         if reply[0] == "NOTHELD":

@@ -1,7 +1,9 @@
 """The budget service's own errors, on top of servicekit's tree (servicekit/errors.py).
 
 ServiceError (servicekit.errors)
-└── BudgetExceeded(refusals)          RESOURCE_EXHAUSTED + QuotaFailure + ErrorInfo
+├── BudgetExceeded(refusals)          RESOURCE_EXHAUSTED + QuotaFailure + ErrorInfo
+└── Unavailable (servicekit.errors)
+    └── DataLost(org)                 UNAVAILABLE        + ErrorInfo reason REDIS_DATA_LOST
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2
 
-from servicekit.errors import ServiceError
+from servicekit.errors import ServiceError, Unavailable
 
 DOMAIN = "budget.v1"
 
@@ -62,3 +64,35 @@ class BudgetExceeded(ServiceError):
             detail.Pack(message)
             packed.append(detail)
         return packed
+
+
+class DataLost(Unavailable):
+    """Redis no longer holds an org's budget state (it lost its data); nothing was changed.
+
+    Calls fail closed until the org is rebuilt from the PostgreSQL ledger, by the service itself
+    (AUTO_REBUILD) or by hand; a client retries with the same ids, as for any UNAVAILABLE.
+    """
+
+    def __init__(self, org: str, *, rebuilding: bool = False) -> None:
+        fix = (
+            "the service is rebuilding it from the PostgreSQL ledger: retry in a few seconds"
+            if rebuilding
+            else "rebuild it from the PostgreSQL ledger: budgetctl reconcile --rebuild"
+            f" --org {org} (or turn AUTO_REBUILD on)"
+        )
+        super().__init__(
+            f"Redis has lost org {org!r}'s budget state (restarted without its data, flushed,"
+            f" or another data set); calls fail closed until it is rebuilt: {fix}"
+        )
+        self.org = org
+        self.rebuilding = rebuilding
+
+    def details(self) -> list[any_pb2.Any]:
+        info = error_details_pb2.ErrorInfo(
+            reason="REDIS_DATA_LOST",
+            domain=DOMAIN,
+            metadata={"org": self.org, "rebuilding": "true" if self.rebuilding else "false"},
+        )
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        return [detail]

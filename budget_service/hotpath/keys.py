@@ -4,18 +4,22 @@ Every key of an org carries the hash tag `{org}`, so all keys one script touches
 slot and the same scripts run on Redis Cluster, sharded by org. Org, budget and reservation ids
 are validated (servicekit/validation.py) so they can never contain `{` or `}`.
 
-    ba:{org}:cfg          hash   `_v` -> config version; <budget uid> -> budget config JSON
+    ba:{org}:cfg          hash   `_v` -> config version; `_e` -> data-set epoch;
+                                 <budget uid> -> budget config JSON
     ba:{org}:b:<uid>      hash   one budget's limit, overdraft, mode and period counters
     ba:{org}:r:<id>       hash   one reservation: state, amount, budgets, expiry, answers
     ba:{org}:exp          zset   held reservation ids scored by expiry (ms), for the sweeper
     ba:{org}:ledger       stream the outbox: every money event, drained into PostgreSQL
     ba:{org}:ledger:malformed  stream events the writer could not read, kept for a person
-    ba:orgs               set    orgs that have budgets (the sweeper's list; not per slot)
+    ba:orgs               set    orgs with recent activity or budgets (the sweeper's and the
+                                 ledger writer's list; idle orgs are pruned; not per slot)
+    ba:epoch              string the data-set epoch sentinel (budget_service/config/epoch.py)
 """
 
 from __future__ import annotations
 
 ORGS = "ba:orgs"
+EPOCH = "ba:epoch"
 
 
 def config(org: str) -> str:

@@ -19,7 +19,12 @@ import structlog
 from genproto.pricing.v1 import pricing_pb2 as ppb
 from genproto.pricing.v1 import pricing_pb2_grpc
 from pricing_service.convert import catalog_entry
-from pricing_service.fast_estimate import Estimator, compile_estimator
+from pricing_service.fast_estimate import (
+    Estimator,
+    OutputLimit,
+    compile_estimator,
+    compile_output_limit,
+)
 from pricing_service.names import candidates, provider_hint
 from pricing_service.prices import ModelPrice
 from servicekit.errors import InvalidArgument, Unavailable
@@ -40,8 +45,9 @@ class PricedModel:
     effective_from_ms: int
     price: ModelPrice
     # Integer reserve estimator (same answers as the Decimal one), or None when the price has
-    # too many decimals for it.
+    # too many decimals for it; likewise its inverse, the output tokens a hold pays for.
     estimator: Estimator | None = None
+    output_limit: OutputLimit | None = None
 
 
 class PriceTable:
@@ -68,6 +74,7 @@ class PriceTable:
             message.effective_from.ToMilliseconds(),
             price,
             compile_estimator(price),
+            compile_output_limit(price),
         )
         self._versions[entry.version] = entry
         key = (price.provider, price.model)

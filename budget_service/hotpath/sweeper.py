@@ -1,4 +1,8 @@
-"""Releases holds whose caller vanished: every org's expiry index, scanned on an interval."""
+"""Releases holds whose caller vanished: every org's expiry index, scanned on an interval.
+
+It also keeps the registry of orgs (`ba:orgs`) from growing forever: orgs idle past every
+reservation's lifetime, with no budgets, are taken out of it (scripts/prune_org.lua).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import structlog
 
 from budget_service.hotpath import keys
 from budget_service.hotpath.engine import Engine
+from budget_service.hotpath.errors import DataLost
 from budget_service.hotpath.store import redis_call
 from servicekit.clock import Clock
 from servicekit.errors import ScriptError
@@ -38,7 +43,25 @@ class Sweeper:
                     expired = await self.engine.expire(org, reservation_id)
                 except ScriptError:  # logged by the store; one bad record must not stall the rest
                     continue
+                except DataLost:  # the rebuild decides how its holds ended
+                    break
                 if expired:
                     released += 1
                     log.info("hold.expired", org=org, reservation_id=reservation_id)
         return released
+
+    async def prune_once(self, idle_ms: int) -> int:
+        """Take orgs idle for `idle_ms` with no budgets out of the registry; returns how many."""
+        pruned = 0
+        orgs: set[str] = await redis_call(self.client.smembers(keys.ORGS))
+        for org in orgs:
+            reply = await self.engine.scripts.run(
+                "prune_org",
+                [keys.ORGS, keys.config(org), keys.expiries(org), keys.ledger(org)],
+                [org, idle_ms],
+            )
+            if reply[0] == "PRUNED":
+                pruned += 1
+        if pruned:
+            log.info("orgs.pruned", count=pruned, remaining=len(orgs) - pruned)
+        return pruned

@@ -5,9 +5,12 @@
 and sums the ledger's effects up to that id: spent per budget for the period Redis counts, holds
 per budget over all time. Any difference is reported; there should be none.
 
-`rebuild` restores counters and open holds from the ledger after Redis lost its data (a flush,
-a replica promoted without the latest writes). Run it with traffic stopped:
-`python -m budget_service.ledger.reconcile --rebuild`.
+A counter below zero is always reported, even where the ledger sums to the same value.
+
+`--rebuild` restores an org's config, counters and reservations from the ledger
+(budget_service/ledger/recovery.py): after Redis lost its data (the service does it by itself),
+or after a Redis promoted from a replica that missed the latest writes. It fences the org while
+it works (calls answer UNAVAILABLE and are retried), so traffic need not stop.
 """
 
 from __future__ import annotations
@@ -22,15 +25,15 @@ from dataclasses import asdict, dataclass, field
 import asyncpg
 import structlog
 
+from budget_service.config import epoch as epochs
 from budget_service.config.budget_repo import BudgetRepository
-from budget_service.config.sync import ConfigSync
 from budget_service.hotpath import keys, store
 from budget_service.hotpath.budgets import BudgetConfig
-from budget_service.hotpath.periods import bounds_ms
 from budget_service.hotpath.store import Scripts, redis_call
-from budget_service.ledger.writer import GROUP
+from budget_service.ledger.progress import id_tuple, wait_written
+from budget_service.ledger.recovery import LEDGER_SUMS, Rebuilder, Rebuilt, active_orgs
 from servicekit import db, logs
-from servicekit.clock import Clock, SystemClock
+from servicekit.clock import SystemClock
 from servicekit.errors import ServiceError, Unavailable
 from servicekit.settings import Settings
 
@@ -52,63 +55,6 @@ class Difference:
         return asdict(self)
 
 
-def _id_tuple(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-LEDGER_SUMS = """
-SELECT f.budget_uid,
-       coalesce(sum(f.spent_delta) FILTER (WHERE f.period_start_ms = p.pstart), 0) AS spent,
-       coalesce(sum(f.reserved_delta), 0) AS reserved
-FROM ledger_effects f
-JOIN ledger_events e ON e.org = f.org AND e.event_id = f.event_id
-JOIN unnest($2::bigint[], $3::bigint[]) AS p(uid, pstart) ON p.uid = f.budget_uid
-WHERE f.org = $1
-  AND (split_part(e.stream_id, '-', 1)::bigint, split_part(e.stream_id, '-', 2)::bigint)
-      <= ($4::bigint, $5::bigint)
-GROUP BY f.budget_uid
-"""
-
-# Reservations with a reserve event and no ending one. Event ids are "<type>:<id>@<created>",
-# so the ending events of a reserve event "reserve:<rest>" are "<type>:<rest>".
-OPEN_HOLDS = """
-SELECT r.reservation_id, r.amount_nanos, r.budget_uids, r.expires_at_ms, r.at, r.price_ref,
-       r.fingerprint, r.subject
-FROM ledger_events r
-WHERE r.org = $1 AND r.type = 'reserve'
-  AND NOT EXISTS (
-      SELECT 1 FROM ledger_events x
-      WHERE x.org = r.org
-        AND x.event_id IN ('commit:' || substr(r.event_id, 9), 'release:' || substr(r.event_id, 9),
-                           'expire:' || substr(r.event_id, 9)))
-ORDER BY r.reservation_id
-"""
-
-
-async def _wait_written(scripts: Scripts, org: str, last_id: str, wait_seconds: float) -> None:
-    """Wait until every event of `org` up to `last_id` is acknowledged by a ledger writer."""
-    if last_id == "0-0":
-        return
-    stream = keys.ledger(org)
-    deadline = time.monotonic() + wait_seconds
-    client = scripts.client
-    while True:
-        groups = await redis_call(client.xinfo_groups(stream))
-        group = next((g for g in groups if g["name"] == GROUP), None)
-        if group is not None and _id_tuple(group["last-delivered-id"]) >= _id_tuple(last_id):
-            pending = await redis_call(client.xpending_range(stream, GROUP, "-", last_id, 1))
-            if not pending:
-                return
-        if time.monotonic() > deadline:
-            raise Unavailable(
-                f"the ledger writer has not written org {org!r}'s events up to {last_id} within"
-                f" {wait_seconds:g}s (is a budget service with LEDGER_WRITER on running, and"
-                " PostgreSQL up?)"
-            )
-        await asyncio.sleep(0.05)
-
-
 async def compare_org(
     scripts: Scripts,
     pool: asyncpg.Pool,
@@ -124,9 +70,9 @@ async def compare_org(
         "snapshot", [keys.ledger(org), *(keys.budget(org, b.uid) for b in budgets)], []
     )
     last_id, states = reply[0], reply[1] or []
-    await _wait_written(scripts, org, last_id, wait_seconds)
+    await wait_written(scripts.client, org, last_id, wait_seconds)
     # No stream: no event since Redis lost its data (or ever), so every ledger event counts.
-    ms, seq = _id_tuple(last_id) if last_id != "0-0" else (2**62, 0)
+    ms, seq = id_tuple(last_id) if last_id != "0-0" else (2**62, 0)
     pstarts = [int(s[2]) for s in states]
     rows = await pool.fetch(LEDGER_SUMS, org, [b.uid for b in budgets], pstarts, ms, seq)
     sums = {r["budget_uid"]: (int(r["spent"]), int(r["reserved"])) for r in rows}
@@ -137,7 +83,8 @@ async def compare_org(
             ("spent", int(spent), ledger_spent),
             ("reserved", int(reserved), ledger_reserved),
         ):
-            if in_redis != in_ledger:
+            # A negative counter is wrong whatever the ledger says: no spend or hold is below 0.
+            if in_redis != in_ledger or in_redis < 0:
                 out.append(Difference(org, b.id, b.uid, counter, in_redis, in_ledger))
     return out
 
@@ -173,86 +120,6 @@ class ReconcileResult:
         self.last_run_unix = time.time()
 
 
-@dataclass(frozen=True)
-class Rebuilt:
-    org: str
-    budgets: int
-    holds: int
-
-
-async def rebuild_org(
-    scripts: Scripts,
-    pool: asyncpg.Pool,
-    org: str,
-    budgets: list[BudgetConfig],
-    clock: Clock,
-    *,
-    retention_ms: int,
-) -> Rebuilt:
-    """Set `org`'s counters and open holds in Redis to what the ledger says."""
-    now = clock.now_ms()
-    pstarts = [bounds_ms(b.period, b.timezone, now)[0] for b in budgets]
-    uids = [b.uid for b in budgets]
-    rows = await pool.fetch(LEDGER_SUMS, org, uids, pstarts, 2**62, 0)
-    sums = {r["budget_uid"]: (int(r["spent"]), int(r["reserved"])) for r in rows}
-    holds = await pool.fetch(OPEN_HOLDS, org)
-    args: list[str | int] = [len(budgets), retention_ms, now]
-    for b, pstart in zip(budgets, pstarts, strict=True):
-        spent, reserved = sums.get(b.uid, (0, 0))
-        args += [spent, reserved, pstart]
-    for h in holds:
-        subject = h["subject"] if isinstance(h["subject"], str) else json.dumps(h["subject"])
-        args += [
-            h["reservation_id"],
-            h["amount_nanos"],
-            ",".join(str(u) for u in h["budget_uids"]),
-            h["expires_at_ms"],
-            int(h["at"].timestamp() * 1000),
-            h["price_ref"] or "0",
-            h["fingerprint"],
-            subject,
-            json.dumps([str(h["amount_nanos"]), str(h["expires_at_ms"]), []]),
-        ]
-    reply = await scripts.run(
-        "restore",
-        [
-            keys.expiries(org),
-            *(keys.budget(org, u) for u in uids),
-            *(keys.reservation(org, h["reservation_id"]) for h in holds),
-        ],
-        args,
-    )
-    await redis_call(scripts.client.sadd(keys.ORGS, org))
-    result = Rebuilt(org, int(reply[1]), int(reply[2]))
-    log.info("ledger.rebuilt", org=org, budgets=result.budgets, holds=result.holds)
-    return result
-
-
-async def rebuild(
-    scripts: Scripts,
-    pool: asyncpg.Pool,
-    clock: Clock,
-    *,
-    retention_ms: int,
-    org: str | None = None,
-) -> list[Rebuilt]:
-    """Restore configuration, counters and open holds of one org or all of them from PostgreSQL.
-
-    Drain the ledger first (a running service's writer does), and stop traffic: counters are
-    set to the ledger's sums, so an event not written yet would be lost from them.
-    """
-    repo = BudgetRepository(pool)
-    await ConfigSync(scripts).reconcile(repo)
-    by_org = await repo.all_by_org()
-    orgs = [org] if org is not None else sorted(by_org)
-    return [
-        await rebuild_org(
-            scripts, pool, name, by_org.get(name, []), clock, retention_ms=retention_ms
-        )
-        for name in orgs
-    ]
-
-
 USAGE = """usage: python -m budget_service.ledger.reconcile [--org ORG] [--rebuild] [--json]
 
 Compare every budget's Redis counters (spent in the current period, holds) with the PostgreSQL
@@ -260,8 +127,9 @@ ledger and print each difference. Exit code 0: none; 1: differences found; 2: ba
 setting; 4: Redis or PostgreSQL unreachable.
 
   --org ORG   only this org
-  --rebuild   instead of comparing, restore Redis counters and open holds from the ledger
-              (after Redis lost its data; stop traffic first)
+  --rebuild   instead of comparing, restore config, counters and reservations from the
+              ledger (after Redis lost its data or missed writes); each org is fenced while
+              it is rebuilt (its calls answer UNAVAILABLE and are retried)
   --json      print JSON instead of text
 
 Reads REDIS_URL and DATABASE_URL (and IDEMPOTENCY_RETENTION_SECONDS) like the service.
@@ -292,18 +160,15 @@ async def _main(argv: list[str]) -> int:
         await scripts.load()
         await db.migrate(pool, "budget_service", record_prefix="")
         if args.rebuild:
-            rebuilt = await rebuild(
-                scripts,
-                pool,
-                SystemClock(),
-                retention_ms=int(settings.retention_seconds * 1000),
-                org=args.org,
-            )
+            rebuilt = await _rebuild(scripts, pool, settings, args.org)
             if args.json:
                 print(json.dumps([asdict(r) for r in rebuilt]))
             else:
                 for r in rebuilt:
-                    print(f"{r.org}: {r.budgets} budgets, {r.holds} open holds restored")
+                    print(
+                        f"{r.org}: {r.budgets} budgets, {r.holds} open holds restored,"
+                        f" {r.ended} holds ended as the ledger says"
+                    )
             return 0
         found = await compare(scripts, pool, org=args.org)
         if args.json:
@@ -320,6 +185,23 @@ async def _main(argv: list[str]) -> int:
         scripts.close()
         await client.aclose()
         await pool.close()
+
+
+async def _rebuild(
+    scripts: Scripts, pool: asyncpg.Pool, settings: Settings, org: str | None
+) -> list[Rebuilt]:
+    epoch = await epochs.load(pool)
+    rebuilder = Rebuilder(
+        scripts, pool, SystemClock(), epoch=epoch.value,
+        retention_ms=int(settings.retention_seconds * 1000),
+        window_ms=int((settings.retention_seconds + settings.max_ttl_seconds) * 1000),
+        enabled=True,
+    )  # fmt: skip
+    orgs = [org] if org is not None else await active_orgs(pool, rebuilder.window_ms)
+    done = [r for name in orgs if (r := await rebuilder.rebuild(name, force=True)) is not None]
+    if org is None:
+        await redis_call(scripts.client.set(keys.EPOCH, epoch.value))
+    return done
 
 
 def run(argv: list[str]) -> int:

@@ -5,7 +5,9 @@
 - Admissions: `budget_reservations_total{org,budget,outcome}` (admitted / refused, counted by
   the budget that admitted or refused; a reservation covered by three budgets counts on each).
 - Utilization: `budget_utilization_ratio{org,budget}` (spent in the current period / limit),
-  from a snapshot of Redis refreshed every few seconds by a background job.
+  and overage: `budget_overage_nanos{org,budget}` (spent above the limit in the current period)
+  and `budget_overage_commits{org,budget}` (commits that charged above it this period), from a
+  snapshot of Redis refreshed every few seconds by a background job.
 - Prices: `budget_price_catalog_version` and `budget_price_catalog_age_seconds` (since the
   newest price version took effect) of the in-process price table.
 - Ledger: the writer's backlog and lag, events written, failures, reconciliation differences.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -24,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from budget_service.hotpath import keys
 from budget_service.hotpath.config_cache import ConfigCache
+from budget_service.hotpath.errors import DataLost
 from budget_service.hotpath.periods import bounds_ms, spent_in_period
 from budget_service.hotpath.price_table import PriceTable
 from budget_service.hotpath.store import redis_call
@@ -74,9 +77,11 @@ class ServiceMetrics:
 
 @dataclass
 class Utilization:
-    """Spent / limit of every budget, as of `taken_at` (refreshed by a background job)."""
+    """Spent / limit and overage of every budget, as of `taken_at` (a background job's)."""
 
     ratios: dict[tuple[str, str], float]
+    # (spent above the limit, commits that charged above it) in the current period
+    overage: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     taken_at: float = 0.0
 
     @classmethod
@@ -86,20 +91,29 @@ class Utilization:
     async def refresh(self, redis: aioredis.Redis, cache: ConfigCache, clock: Clock) -> None:
         """Read every budget's spent counter (one pipeline per org)."""
         ratios: dict[tuple[str, str], float] = {}
+        overage: dict[tuple[str, str], tuple[int, int]] = {}
         now = clock.now_ms()
         for org in sorted(await redis_call(redis.smembers(keys.ORGS))):
-            config = await cache.reload(org)
+            try:
+                config = await cache.reload(org)
+            except DataLost:  # no counters to show until it is rebuilt
+                continue
             if not config.budgets:
                 continue
             async with redis.pipeline(transaction=False) as pipe:
                 for b in config.budgets:
-                    pipe.hmget(keys.budget(org, b.uid), "spent", "pstart")
+                    pipe.hmget(keys.budget(org, b.uid), "spent", "pstart", "ovn")
                 states = await redis_call(pipe.execute())
-            for b, (spent, pstart) in zip(config.budgets, states, strict=True):
-                in_period = spent_in_period(spent, pstart, bounds_ms(b.period, b.timezone, now)[0])
+            for b, (spent, pstart, commits) in zip(config.budgets, states, strict=True):
+                start = bounds_ms(b.period, b.timezone, now)[0]
+                in_period = spent_in_period(spent, pstart, start)
                 # a ratio for a dashboard, not money: a float is what Prometheus carries
                 ratios[(org, b.id)] = in_period / b.limit_nanos if b.limit_nanos else 0.0
+                if in_period > b.limit_nanos:
+                    over_commits = spent_in_period(commits, pstart, start)
+                    overage[(org, b.id)] = (in_period - b.limit_nanos, over_commits)
         self.ratios = ratios
+        self.overage = overage
         self.taken_at = time.time()
 
 
@@ -143,6 +157,21 @@ class StateCollector(Collector):
         for (org, budget_id), value in sorted(self.utilization.ratios.items()):
             ratio.add_metric([org, budget_id], value)
         yield ratio
+        above = GaugeMetricFamily(
+            "budget_overage_nanos",
+            "Spent above the limit in the current period (budgets over their limit only)",
+            labels=["org", "budget"],
+        )
+        commits = GaugeMetricFamily(
+            "budget_overage_commits",
+            "Commits that charged spend above the limit in the current period",
+            labels=["org", "budget"],
+        )
+        for (org, budget_id), (nanos, count) in sorted(self.utilization.overage.items()):
+            above.add_metric([org, budget_id], nanos)
+            commits.add_metric([org, budget_id], count)
+        yield above
+        yield commits
 
     def _ledger(self) -> Iterator[Metric]:
         s = self.writer.stats

@@ -17,14 +17,42 @@ local uids = ARGV[7]
 local price_version = ARGV[8]
 local usage = ARGV[9]  -- the tokens as JSON ('' for an amount commit), for the ledger
 local latency_ms = ARGV[10]
-local n = tonumber(ARGV[11])
--- ARGV[11 + i]: current period start of budget i
+local epoch = ARGV[11]
+local n = tonumber(ARGV[12])
+-- ARGV[12 + i]: current period start of budget i
+
+local OVERAGE_KEPT = 5  -- over-limit commits a budget remembers per period (newest first)
+
+-- A charge that leaves spent above the limit: remember how much of it is above the limit and
+-- which commit it was, for GetBudgetStatus and metrics. Entries are
+-- '<reservation id>|<nanos above the limit>|<flags>' joined by ';' (neither can be in an id);
+-- flags: L = late (its hold had expired), H = charged above its hold.
+local function note_overage(b, flags)
+  local above = big_sub(big(b.spent), big(b.limit))
+  if not big_gt(above, {0, 0}) then return end
+  local part = tonumber(actual)
+  -- above < actual < 2^53 here, so the pair is an exact number
+  if big_gt(big(actual), above) then part = above[1] * 1e9 + above[2] end
+  if part <= 0 then return end
+  local part_s = string.format('%d', part)
+  redis.call('HINCRBY', b.key, 'ovr', part_s)
+  redis.call('HINCRBY', b.key, 'ovn', 1)
+  local entries = {reservation_id .. '|' .. part_s .. '|' .. flags}
+  for entry in string.gmatch(redis.call('HGET', b.key, 'ovc') or '', '[^;]+') do
+    if #entries >= OVERAGE_KEPT then break end
+    entries[#entries + 1] = entry
+  end
+  redis.call('HSET', b.key, 'ovc', table.concat(entries, ';'))
+end
 
 local r = redis.call('HMGET', res_key, 'state', 'amount', 'uids', 'exp', 'cfp', 'cres', 'pv',
   'created', 'subj')
 local reserved_pv = r[7] or '0'
 local state = r[1]
-if not state then return reply({'NOTFOUND'}) end
+if not state then
+  if lost_epoch(cfg_key, epoch) then return reply({'LOST'}) end
+  return reply({'NOTFOUND'})
+end
 if state == 'committed' then
   if r[5] ~= fingerprint then return reply({'MISMATCH'}) end
   return '["DUP",' .. r[6] .. ']'
@@ -33,12 +61,14 @@ if state == 'released' then return reply({'RELEASED'}) end
 if r[3] ~= uids then return reply({'KEYS', r[3], reserved_pv}) end
 -- A usage commit is priced with the reservation's price version: a stale guess changes nothing.
 if price_version ~= '' and price_version ~= reserved_pv then return reply({'PV', reserved_pv}) end
-if stale_config(cfg_key, cfg_version) then return reply({'STALE'}) end
+local check = config_check(cfg_key, cfg_version, epoch)
+if check then return reply({check}) end
 
 local hold = r[2]
 local held = state == 'held'
 -- Expired from its expiry instant on, as extend, expire and the sweeper see it.
 local late = now_ms >= tonumber(r[4])
+local flags = (late and 'L' or '') .. (tonumber(actual) > tonumber(hold) and 'H' or '')
 local balances = {}
 local commit_periods = {}
 local uid_list = split_commas(uids)
@@ -46,11 +76,12 @@ local unheld = '0'
 if held then unheld = '-' .. hold end
 local effects = {}
 for i = 1, n do
-  local b = read_budget(KEYS[4 + i], ARGV[11 + i])
+  local b = read_budget(KEYS[4 + i], ARGV[12 + i])
   if b then
     write_reset(b)
     incr(b, 'spent', actual)
     if held then unhold_budget(b, hold) end
+    if actual ~= '0' then note_overage(b, flags) end
     balances[#balances + 1] = balance(b, false)
     commit_periods[i] = b.pstart
     effects[#effects + 1] = uid_list[i] .. ':' .. b.pstart .. ':' .. actual .. ':' .. unheld
@@ -67,5 +98,5 @@ redis.call('PEXPIRE', res_key, retention_ms)
 redis.call('ZREM', exp_key, reservation_id)
 outbox(ledger_key, {'t', 'commit', 'rid', reservation_id, 'c', r[8] or '0', 'ts', ARGV[5],
   'amt', actual, 'rel', released, 'late', late and '1' or '0', 'pv', reserved_pv,
-  'subj', r[9] or '{}', 'usage', usage, 'lat', latency_ms}, effects)
+  'subj', r[9] or '{}', 'usage', usage, 'lat', latency_ms, 'fp', fingerprint}, effects)
 return ok_reply(encoded)

@@ -1,16 +1,27 @@
 -- Shared prelude, prepended to every script by budget_service/hotpath/store.py.
 --
 -- Budget counters are int64 nano-USD in Redis and can exceed 2^53 (where Lua's doubles stop
--- being exact). They are kept as decimal strings here and compared as (high, low) pairs split
--- at 1e9, each part exact in a double. All writes to counters go through HINCRBY with string
--- arguments, so Redis does the int64 arithmetic. Amounts of a single reservation are capped by
--- the service (see servicekit/validation.py) far below 2^53, so they may be plain numbers.
+-- being exact) or go below zero (a rebuild from a ledger that is ahead of Redis, a refund of a
+-- charge the counter never saw). They are kept as decimal strings here and compared as
+-- (high, low) pairs, value = high * 1e9 + low with 0 <= low < 1e9: both parts are exact in a
+-- double for every int64. All writes to counters go through HINCRBY with string arguments, so
+-- Redis does the int64 arithmetic. Amounts of a single reservation are capped by the service
+-- (servicekit/validation.py, MAX_AMOUNT_NANOS) far below 2^53, so they may be plain numbers.
 
+-- An int64 decimal string ('-500000000', '9223372036854775807') as a (high, low) pair.
 local function big(s)
   s = s or '0'
+  local negative = string.sub(s, 1, 1) == '-'
+  if negative then s = string.sub(s, 2) end
   local n = #s
-  if n <= 9 then return {0, tonumber(s)} end
-  return {tonumber(string.sub(s, 1, n - 9)), tonumber(string.sub(s, n - 8))}
+  local hi, lo = 0, tonumber(s)
+  if n > 9 then
+    hi = tonumber(string.sub(s, 1, n - 9))
+    lo = tonumber(string.sub(s, n - 8))
+  end
+  if not negative then return {hi, lo} end
+  if lo == 0 then return {-hi, 0} end
+  return {-hi - 1, 1e9 - lo}
 end
 
 local function big_add(a, b)
@@ -21,6 +32,34 @@ local function big_add(a, b)
     hi = hi + 1
   end
   return {hi, lo}
+end
+
+-- a - b
+local function big_sub(a, b)
+  local lo = a[2] - b[2]
+  local hi = a[1] - b[1]
+  if lo < 0 then
+    lo = lo + 1e9
+    hi = hi - 1
+  end
+  return {hi, lo}
+end
+
+-- The pair as a decimal string (the inverse of big).
+local function big_str(a)
+  local hi, lo = a[1], a[2]
+  local sign = ''
+  if hi < 0 then
+    sign = '-'
+    if lo == 0 then
+      hi = -hi
+    else
+      hi = -hi - 1
+      lo = 1e9 - lo
+    end
+  end
+  if hi == 0 then return sign .. string.format('%d', lo) end
+  return sign .. string.format('%d%09d', hi, lo)
 end
 
 -- true when a > b
@@ -51,6 +90,8 @@ end
 local function write_reset(b)
   if b.reset then
     redis.call('HSET', b.key, 'spent', '0', 'pstart', b.pstart)
+    -- the overage record (commit.lua note_overage) is per period too
+    redis.call('HDEL', b.key, 'ovr', 'ovn', 'ovc')
     b.reset = false
   end
 end
@@ -87,9 +128,22 @@ local function unhold(key, amount)
   if amount ~= '0' then redis.call('HINCRBY', key, 'reserved', '-' .. amount) end
 end
 
-local function stale_config(cfg_key, cfg_version)
-  local current = redis.call('HGET', cfg_key, '_v') or '0'
-  return current ~= cfg_version
+-- An org's data set is marked by the epoch `_e` in its config hash, written with its first
+-- budget and by every rebuild (budget_service/config/epoch.py). The service passes the epoch it
+-- expects ('' for an org it knows no budgets of); a missing or different one means Redis lost
+-- the org's data, and the script changes nothing: the service answers UNAVAILABLE until the org
+-- is rebuilt from the ledger, instead of admitting against counters that start from zero.
+local function lost_epoch(cfg_key, epoch)
+  return epoch ~= '' and redis.call('HGET', cfg_key, '_e') ~= epoch
+end
+
+-- 'LOST' (see lost_epoch), 'STALE' when the config changed since the service read it (its
+-- period starts and budget list may be out of date), or nil.
+local function config_check(cfg_key, cfg_version, epoch)
+  local v = redis.call('HMGET', cfg_key, '_v', '_e')
+  if epoch ~= '' and v[2] ~= epoch then return 'LOST' end
+  if (v[1] or '0') ~= cfg_version then return 'STALE' end
+  return nil
 end
 
 -- The outbox: append an event to the org's ledger stream in the same atomic step as the change

@@ -1,6 +1,8 @@
 -- Credit back committed spend: at most what is still unrefunded, idempotent by refund id.
 -- Spent is credited only in budgets whose period is still the one the charge was made in;
--- a refund of a closed period's charge changes no current counter.
+-- a refund of a closed period's charge changes no current counter. A refund does not extend
+-- the reservation record's life (it ends `retention` after the commit), and a reservation
+-- takes at most `max_refunds` refund ids, so no caller can keep a record growing or alive.
 local cfg_key = KEYS[1]
 local res_key = KEYS[2]
 local ledger_key = KEYS[3]
@@ -10,16 +12,20 @@ local cfg_version = ARGV[1]
 local refund_id = ARGV[2]
 local amount = tonumber(ARGV[3])
 local now_ms = ARGV[4]
-local retention_ms = ARGV[5]
+local max_refunds = tonumber(ARGV[5])
 local uids = ARGV[6]
 local reservation_id = ARGV[7]
-local n = tonumber(ARGV[8])
--- ARGV[8 + i]: current period start of budget i
+local epoch = ARGV[8]
+local n = tonumber(ARGV[9])
+-- ARGV[9 + i]: current period start of budget i
 
 local r = redis.call('HMGET', res_key, 'state', 'uids', 'charged', 'refunded', 'cps',
-  'rf:' .. refund_id, 'created', 'subj', 'pv')
+  'rf:' .. refund_id, 'created', 'subj', 'pv', 'rfn')
 local state = r[1]
-if not state then return reply({'NOTFOUND'}) end
+if not state then
+  if lost_epoch(cfg_key, epoch) then return reply({'LOST'}) end
+  return reply({'NOTFOUND'})
+end
 if r[6] then
   local sep = string.find(r[6], ':', 1, true)
   if string.sub(r[6], 1, sep - 1) ~= ARGV[3] then return reply({'MISMATCH'}) end
@@ -27,7 +33,9 @@ if r[6] then
 end
 if state ~= 'committed' then return reply({'NOTCOMMITTED', state}) end
 if r[2] ~= uids then return reply({'KEYS', r[2]}) end
-if stale_config(cfg_key, cfg_version) then return reply({'STALE'}) end
+local check = config_check(cfg_key, cfg_version, epoch)
+if check then return reply({check}) end
+if tonumber(r[10] or '0') >= max_refunds then return reply({'TOOMANY', max_refunds}) end
 
 local left = tonumber(r[3]) - tonumber(r[4])
 local give = amount
@@ -38,7 +46,7 @@ if give > 0 then
   local uid_list = split_commas(uids)
   local effects = {}
   for i = 1, n do
-    local b = read_budget(KEYS[3 + i], ARGV[8 + i])
+    local b = read_budget(KEYS[3 + i], ARGV[9 + i])
     if b and not b.reset and periods[i] == b.pstart then
       redis.call('HINCRBY', b.key, 'spent', '-' .. give_s)
       effects[#effects + 1] = uid_list[i] .. ':' .. b.pstart .. ':-' .. give_s .. ':0'
@@ -49,5 +57,5 @@ if give > 0 then
     'rfid', refund_id, 'amt', give_s, 'pv', r[9] or '0', 'subj', r[8] or '{}'}, effects)
 end
 redis.call('HSET', res_key, 'rf:' .. refund_id, ARGV[3] .. ':' .. give_s)
-redis.call('PEXPIRE', res_key, retention_ms)
+redis.call('HINCRBY', res_key, 'rfn', 1)
 return reply({'OK', give_s})

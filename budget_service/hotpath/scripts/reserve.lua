@@ -15,15 +15,21 @@ local expires_ms = ARGV[7]
 local retention_ms = tonumber(ARGV[8])
 local price_version = ARGV[9]  -- price ref (budget_service/hotpath/price_refs.py); '0' for an amount
 local subject = ARGV[10]  -- the subject's selector pairs as JSON, for the ledger
-local n = tonumber(ARGV[11])
--- ARGV[10 + 2i], ARGV[11 + 2i]: uid and current period start of budget i (1-based)
+local epoch = ARGV[11]  -- the org's data-set epoch the service expects (lib.lua lost_epoch)
+-- Events the org's outbox may hold (not yet written to PostgreSQL) before new holds wait.
+local outbox_limit = tonumber(ARGV[12])
+local n = tonumber(ARGV[13])
+-- ARGV[12 + 2i], ARGV[13 + 2i]: uid and current period start of budget i (1-based)
 
 local existing = redis.call('HMGET', res_key, 'fp', 'rres')
 if existing[1] then
   if existing[1] ~= fingerprint then return reply({'MISMATCH'}) end
   return '["DUP",' .. existing[2] .. ']'
 end
-if stale_config(cfg_key, cfg_version) then return reply({'STALE'}) end
+local check = config_check(cfg_key, cfg_version, epoch)
+if check then return reply({check}) end
+local backlog = redis.call('XLEN', ledger_key)
+if backlog >= outbox_limit then return reply({'BACKLOG', backlog}) end
 
 local want = big(amount)
 local budgets = {}
@@ -31,15 +37,17 @@ local uids = {}
 local refused = {}
 local balances = {}
 for i = 1, n do
-  local uid = ARGV[10 + 2 * i]
-  local b = read_budget(KEYS[4 + i], ARGV[11 + 2 * i])
+  local uid = ARGV[12 + 2 * i]
+  local b = read_budget(KEYS[4 + i], ARGV[13 + 2 * i])
   if not b then return reply({'STALE'}) end
-  local need = big_add(big_add(big(b.spent), big(b.reserved)), want)
+  local used = big_add(big(b.spent), big(b.reserved))
+  local need = big_add(used, want)
   local over = big_gt(need, big(b.limit))
-  if over and b.mode == 'hard' then
+  if b.mode == 'hard' then
     local cap = big(b.limit)
     if critical then cap = big_add(cap, big(b.od)) end
-    if big_gt(need, cap) then refused[#refused + 1] = balance(b, true) end
+    -- A budget with no room left refuses whatever the amount, a zero-amount hold included.
+    if big_gt(need, cap) or not big_gt(cap, used) then refused[#refused + 1] = balance(b, true) end
   end
   budgets[i] = {b, over and b.mode ~= 'hard'}
   uids[i] = uid

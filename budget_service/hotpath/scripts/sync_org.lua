@@ -1,19 +1,31 @@
 -- Make an org's budget configuration in Redis equal PostgreSQL's (at start and periodically).
 -- Counters of budgets that still exist are kept. A budget Redis holds at a newer version than
--- the snapshot (an upsert that landed after PostgreSQL was read) is left as it is.
+-- the snapshot (an upsert that landed after PostgreSQL was read) is left as it is. An org with
+-- budgets whose config lacks the data-set epoch lost its data: nothing is written (LOST), the
+-- org is rebuilt from the ledger instead; `init` (adopting a Redis that predates the epoch)
+-- writes the epoch.
 local cfg_key = KEYS[1]
 -- KEYS[2 .. 1 + n]: state hashes of the budgets PostgreSQL has, in ARGV order
 -- KEYS[2 + n ..]: state hashes of budgets to drop (in Redis before PostgreSQL was read, and
 --                 not in PostgreSQL)
 
-local n = tonumber(ARGV[1])
--- ARGV[2 + 7i .. 8 + 7i]: uid, config json, budget id, limit, overdraft, mode, version of
+local epoch = ARGV[1]
+local init = ARGV[2] == '1'
+local n = tonumber(ARGV[3])
+-- ARGV[4 + 7i .. 10 + 7i]: uid, config json, budget id, limit, overdraft, mode, version of
 -- budget i; then the uids to drop
-local drop_uids_start = 2 + 7 * n
+local drop_uids_start = 4 + 7 * n
 local changed = false
 
+if n > 0 then
+  local found = redis.call('HGET', cfg_key, '_e')
+  if found ~= epoch then
+    if found or not init then return reply({'LOST'}) end
+    redis.call('HSET', cfg_key, '_e', epoch)
+  end
+end
 for i = 0, n - 1 do
-  local base = 2 + 7 * i
+  local base = 4 + 7 * i
   local key = KEYS[2 + i]
   local current = redis.call('HGET', key, 'ver')
   local known = redis.call('HEXISTS', cfg_key, ARGV[base]) == 1

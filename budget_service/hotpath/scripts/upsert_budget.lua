@@ -1,5 +1,8 @@
 -- Copy one budget's configuration from PostgreSQL into Redis, keeping its counters.
 -- An older version than the one Redis holds (a slower concurrent upsert) changes nothing.
+-- The org's config must carry the data-set epoch (lib.lua lost_epoch): a config hash without
+-- it lost its data, and writing the budget now would restart its spend from zero; only the
+-- org's very first budget may write the epoch (`init`).
 local cfg_key = KEYS[1]
 local budget_key = KEYS[2]
 
@@ -10,9 +13,14 @@ local limit = ARGV[4]
 local overdraft = ARGV[5]
 local mode = ARGV[6]
 local version = tonumber(ARGV[7])
+local epoch = ARGV[8]
+local init = ARGV[9] == '1'
 
+local found = redis.call('HGET', cfg_key, '_e')
+if found ~= epoch and (found or not init) then return reply({'LOST'}) end
 local current = redis.call('HGET', budget_key, 'ver')
 if current and tonumber(current) >= version then return reply({'OLD'}) end
+if not found then redis.call('HSET', cfg_key, '_e', epoch) end
 redis.call('HSET', budget_key, 'id', budget_id, 'limit', limit, 'od', overdraft, 'mode', mode,
   'ver', ARGV[7])
 redis.call('HSETNX', budget_key, 'spent', '0')

@@ -145,20 +145,22 @@ class ReserveRequest(_message.Message):
     def __init__(self, reservation_id: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ..., amount_nanos: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
-    __slots__ = ("reservation_id", "reserved_nanos", "expires_at", "budgets", "price_version", "unknown_model_price_used")
+    __slots__ = ("reservation_id", "reserved_nanos", "expires_at", "budgets", "price_version", "unknown_model_price_used", "max_output_tokens")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVED_NANOS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     BUDGETS_FIELD_NUMBER: _ClassVar[int]
     PRICE_VERSION_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_MODEL_PRICE_USED_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     reserved_nanos: int
     expires_at: _timestamp_pb2.Timestamp
     budgets: _containers.RepeatedCompositeFieldContainer[BudgetBalance]
     price_version: int
     unknown_model_price_used: bool
-    def __init__(self, reservation_id: _Optional[str] = ..., reserved_nanos: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., budgets: _Optional[_Iterable[_Union[BudgetBalance, _Mapping]]] = ..., price_version: _Optional[int] = ..., unknown_model_price_used: _Optional[bool] = ...) -> None: ...
+    max_output_tokens: int
+    def __init__(self, reservation_id: _Optional[str] = ..., reserved_nanos: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., budgets: _Optional[_Iterable[_Union[BudgetBalance, _Mapping]]] = ..., price_version: _Optional[int] = ..., unknown_model_price_used: _Optional[bool] = ..., max_output_tokens: _Optional[int] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
     __slots__ = ("org", "reservation_id", "actual_nanos", "usage", "provider_usage_json", "latency_ms")
@@ -381,7 +383,7 @@ class GetBudgetStatusRequest(_message.Message):
     def __init__(self, org: _Optional[str] = ..., budget_id: _Optional[str] = ...) -> None: ...
 
 class BudgetStatus(_message.Message):
-    __slots__ = ("budget", "spent_nanos", "reserved_nanos", "remaining_nanos", "period_start", "period_end", "utilization_percent", "alert_threshold_reached_percent")
+    __slots__ = ("budget", "spent_nanos", "reserved_nanos", "remaining_nanos", "period_start", "period_end", "utilization_percent", "alert_threshold_reached_percent", "overage_nanos", "overage_commit_count", "recent_overage_commits")
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     SPENT_NANOS_FIELD_NUMBER: _ClassVar[int]
     RESERVED_NANOS_FIELD_NUMBER: _ClassVar[int]
@@ -390,6 +392,9 @@ class BudgetStatus(_message.Message):
     PERIOD_END_FIELD_NUMBER: _ClassVar[int]
     UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
     ALERT_THRESHOLD_REACHED_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    OVERAGE_NANOS_FIELD_NUMBER: _ClassVar[int]
+    OVERAGE_COMMIT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RECENT_OVERAGE_COMMITS_FIELD_NUMBER: _ClassVar[int]
     budget: Budget
     spent_nanos: int
     reserved_nanos: int
@@ -398,7 +403,22 @@ class BudgetStatus(_message.Message):
     period_end: _timestamp_pb2.Timestamp
     utilization_percent: int
     alert_threshold_reached_percent: int
-    def __init__(self, budget: _Optional[_Union[Budget, _Mapping]] = ..., spent_nanos: _Optional[int] = ..., reserved_nanos: _Optional[int] = ..., remaining_nanos: _Optional[int] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., utilization_percent: _Optional[int] = ..., alert_threshold_reached_percent: _Optional[int] = ...) -> None: ...
+    overage_nanos: int
+    overage_commit_count: int
+    recent_overage_commits: _containers.RepeatedCompositeFieldContainer[OverageCommit]
+    def __init__(self, budget: _Optional[_Union[Budget, _Mapping]] = ..., spent_nanos: _Optional[int] = ..., reserved_nanos: _Optional[int] = ..., remaining_nanos: _Optional[int] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., utilization_percent: _Optional[int] = ..., alert_threshold_reached_percent: _Optional[int] = ..., overage_nanos: _Optional[int] = ..., overage_commit_count: _Optional[int] = ..., recent_overage_commits: _Optional[_Iterable[_Union[OverageCommit, _Mapping]]] = ...) -> None: ...
+
+class OverageCommit(_message.Message):
+    __slots__ = ("reservation_id", "above_limit_nanos", "late", "above_hold")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ABOVE_LIMIT_NANOS_FIELD_NUMBER: _ClassVar[int]
+    LATE_FIELD_NUMBER: _ClassVar[int]
+    ABOVE_HOLD_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    above_limit_nanos: int
+    late: bool
+    above_hold: bool
+    def __init__(self, reservation_id: _Optional[str] = ..., above_limit_nanos: _Optional[int] = ..., late: _Optional[bool] = ..., above_hold: _Optional[bool] = ...) -> None: ...
 
 class GetSpendReportRequest(_message.Message):
     __slots__ = ("org", "group_by", "start_time", "end_time", "granularity")

@@ -1,0 +1,42 @@
+-- Take an idle org out of the registry of orgs the sweeper and the ledger writers visit
+-- (`ba:orgs`), so orgs only ever seen in a few Reserves do not keep it growing. Idle: no budget
+-- in its config, no held reservation, and an outbox whose every event is written and whose
+-- newest is older than `idle_ms` (by Redis's clock, which stamps the stream ids): by then every
+-- reservation record has expired too. Its empty outbox and config hash go with it; the engine
+-- lists the org again at its next Reserve.
+-- (KEYS[1] is global, the others the org's: one Redis, not Redis Cluster.)
+local registry_key = KEYS[1]
+local cfg_key = KEYS[2]
+local exp_key = KEYS[3]
+local ledger_key = KEYS[4]
+
+local org = ARGV[1]
+local idle_ms = tonumber(ARGV[2])
+
+for _, field in ipairs(redis.call('HKEYS', cfg_key)) do
+  if string.sub(field, 1, 1) ~= '_' then return reply({'BUSY', 'budgets'}) end
+end
+if redis.call('ZCARD', exp_key) > 0 then return reply({'BUSY', 'holds'}) end
+if redis.call('EXISTS', ledger_key) == 1 then
+  local last = '0-0'
+  local info = redis.call('XINFO', 'STREAM', ledger_key)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+  end
+  for _, group in ipairs(redis.call('XINFO', 'GROUPS', ledger_key)) do
+    for i = 1, #group, 2 do
+      if group[i] == 'pending' and group[i + 1] > 0 then return reply({'BUSY', 'unwritten'}) end
+      if group[i] == 'last-delivered-id' and group[i + 1] ~= last then
+        return reply({'BUSY', 'unwritten'})
+      end
+    end
+  end
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local last_ms = tonumber(string.match(last, '^(%d+)'))
+  if now_ms - last_ms < idle_ms then return reply({'BUSY', 'recent'}) end
+  redis.call('DEL', ledger_key)
+end
+redis.call('DEL', cfg_key)
+redis.call('SREM', registry_key, org)
+return reply({'PRUNED'})

@@ -1,0 +1,405 @@
+"""Recovery: an org's Redis state rebuilt from the PostgreSQL ledger, by hand or by itself.
+
+A rebuild of one org (`rebuild_org`):
+
+1. fences the org: takes the data-set epoch out of its config hash, so every money script of a
+   budgeted org answers LOST (UNAVAILABLE to callers, who retry) and nothing changes its
+   counters while they are recomputed;
+2. waits until the ledger writers have written every event its outbox stream still holds;
+3. reads from the ledger: each budget's spent in its current period and its holds, every open
+   hold (with the latest expiry an Extend gave it), and how each reservation that Redis still
+   marks held really ended (a Redis promoted from a replica that missed the last writes);
+4. writes all of it with the restore script, whose last call puts the epoch back (the fence
+   lifts atomically with the counters).
+
+`Rebuilder` runs rebuilds in the service: when a call finds an org's data lost (DataLost), and,
+for the whole data set, when `EpochWatch` finds the `ba:epoch` sentinel gone. A PostgreSQL
+advisory lock per org makes one replica do the work while the others wait and then find the
+org intact. `prepare_data_set` runs at start: adopts a Redis that predates the epoch, refuses
+another database's Redis, and rebuilds a Redis that came back empty before serving.
+
+What a rebuild cannot restore is what never reached PostgreSQL: events still in a lost outbox
+stream (with AOF `everysec`, up to about a second of calls; none with `appendfsync always`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+import structlog
+
+from budget_service.config import epoch as epochs
+from budget_service.config.budget_repo import BudgetRepository
+from budget_service.config.sync import ConfigSync, budget_args
+from budget_service.hotpath import keys
+from budget_service.hotpath.periods import bounds_ms
+from budget_service.hotpath.store import Scripts, redis_call
+from budget_service.ledger.progress import last_event_id, wait_written
+from servicekit.clock import Clock
+from servicekit.errors import ConfigError, ServiceError
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+CHUNK = 500  # reservation records per restore call before the last one
+ALL = "*"  # the Rebuilder's name for "every org"
+
+# Per budget: spent in the period starting at the given start, and holds over all time, from
+# the effects of events up to a stream position ((2^62, 0): every event).
+LEDGER_SUMS = """
+SELECT f.budget_uid,
+       coalesce(sum(f.spent_delta) FILTER (WHERE f.period_start_ms = p.pstart), 0) AS spent,
+       coalesce(sum(f.reserved_delta), 0) AS reserved
+FROM ledger_effects f
+JOIN ledger_events e ON e.org = f.org AND e.event_id = f.event_id
+JOIN unnest($2::bigint[], $3::bigint[]) AS p(uid, pstart) ON p.uid = f.budget_uid
+WHERE f.org = $1
+  AND (split_part(e.stream_id, '-', 1)::bigint, split_part(e.stream_id, '-', 2)::bigint)
+      <= ($4::bigint, $5::bigint)
+GROUP BY f.budget_uid
+"""
+
+# Reservations with a reserve event and no ending one, with the latest expiry an Extend gave.
+OPEN_HOLDS = """
+SELECT r.reservation_id, r.created_ms, r.amount_nanos, r.budget_uids, r.price_ref,
+       r.fingerprint, r.subject,
+       greatest(r.expires_at_ms, coalesce((
+           SELECT max(x.expires_at_ms) FROM ledger_events x
+           WHERE x.org = r.org AND x.reservation_id = r.reservation_id
+             AND x.created_ms = r.created_ms AND x.type = 'extend'), 0)) AS expires_at_ms
+FROM ledger_events r
+WHERE r.org = $1 AND r.type = 'reserve'
+  AND NOT EXISTS (
+      SELECT 1 FROM ledger_events x
+      WHERE x.org = r.org AND x.reservation_id = r.reservation_id
+        AND x.created_ms = r.created_ms AND x.type IN ('commit', 'release', 'expire'))
+ORDER BY r.reservation_id
+"""
+
+# How reservations (id, created) ended, with what a committed record keeps for refunds.
+ENDED = """
+SELECT e.reservation_id, e.created_ms, e.type, e.amount_nanos, e.released_nanos, e.late,
+       e.fingerprint, coalesce(r.amount_nanos, 0) AS hold, coalesce(r.budget_uids, '{}') AS uids,
+       coalesce((SELECT sum(f.amount_nanos) FROM ledger_events f
+                 WHERE f.org = e.org AND f.reservation_id = e.reservation_id
+                   AND f.created_ms = e.created_ms AND f.type = 'refund'), 0) AS refunded,
+       coalesce((SELECT jsonb_object_agg(x.budget_uid::text, x.period_start_ms)
+                 FROM ledger_effects x WHERE x.org = e.org AND x.event_id = e.event_id),
+                '{}') AS periods
+FROM ledger_events e
+JOIN unnest($2::text[], $3::bigint[]) AS h(rid, created)
+  ON e.reservation_id = h.rid AND e.created_ms = h.created
+LEFT JOIN ledger_events r ON r.org = e.org AND r.reservation_id = e.reservation_id
+  AND r.created_ms = e.created_ms AND r.type = 'reserve'
+WHERE e.org = $1 AND e.type IN ('commit', 'release', 'expire')
+"""
+
+# Orgs a rebuild of the whole data set covers: those with budgets, and those whose
+# reservations may still live in Redis (events within the retention window and longest TTL).
+ACTIVE_ORGS = """
+SELECT org FROM budgets
+UNION
+SELECT DISTINCT org FROM ledger_events WHERE at > now() - $1 * interval '1 millisecond'
+ORDER BY org
+"""
+
+STATES = {"commit": "committed", "release": "released", "expire": "expired"}
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """What one org's rebuild restored."""
+
+    org: str
+    budgets: int
+    holds: int
+    ended: int
+
+
+def _json_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def _hold_args(h: asyncpg.Record) -> list[str | int]:
+    amount, expires = h["amount_nanos"], h["expires_at_ms"]
+    return [
+        h["reservation_id"],
+        amount,
+        ",".join(str(u) for u in h["budget_uids"]),
+        expires,
+        h["created_ms"],
+        h["price_ref"] or "0",
+        h["fingerprint"],
+        _json_text(h["subject"]),
+        json.dumps([str(amount), str(expires), []]),
+    ]
+
+
+def _ended_args(e: asyncpg.Record) -> list[str | int]:
+    state = STATES[e["type"]]
+    amount, hold = e["amount_nanos"], e["hold"]
+    periods = e["periods"] if isinstance(e["periods"], dict) else json.loads(e["periods"])
+    commit_periods = ",".join(str(periods.get(str(u), "-")) for u in e["uids"])
+    released = e["released_nanos"] if state == "committed" else amount
+    answer = json.dumps([str(amount), str(hold), str(released), 1 if e["late"] else 0, []])
+    return [
+        e["reservation_id"],
+        e["created_ms"],
+        state,
+        amount,
+        hold,
+        1 if e["late"] else 0,
+        e["fingerprint"],
+        commit_periods,
+        e["refunded"],
+        answer,
+    ]
+
+
+async def rebuild_org(
+    scripts: Scripts,
+    pool: asyncpg.Pool,
+    org: str,
+    clock: Clock,
+    *,
+    epoch: str,
+    retention_ms: int,
+    wait_seconds: float = 30.0,
+) -> Rebuilt:
+    """Set `org`'s config, counters and reservations in Redis to what PostgreSQL says."""
+    client = scripts.client
+    budgets = await BudgetRepository(pool).in_org(org)
+    await redis_call(client.hdel(keys.config(org), "_e"))  # the fence: see the module docstring
+    await wait_written(client, org, await last_event_id(client, org), wait_seconds)
+    now = clock.now_ms()
+    pstarts = [bounds_ms(b.period, b.timezone, now)[0] for b in budgets]
+    uids = [b.uid for b in budgets]
+    rows = await pool.fetch(LEDGER_SUMS, org, uids, pstarts, 2**62, 0)
+    sums = {r["budget_uid"]: (int(r["spent"]), int(r["reserved"])) for r in rows}
+    holds = await pool.fetch(OPEN_HOLDS, org)
+    ended = await _ended_in_ledger(scripts, pool, org, {h["reservation_id"] for h in holds})
+
+    budget_values: list[str | int] = []
+    for b, pstart in zip(budgets, pstarts, strict=True):
+        spent, reserved = sums.get(b.uid, (0, 0))
+        budget_values += [*budget_args(b), spent, reserved, pstart]
+    records = [("hold", h) for h in holds] + [("ended", e) for e in ended]
+    chunks = [records[i : i + CHUNK] for i in range(0, len(records), CHUNK)] or [[]]
+    totals = [0, 0, 0]
+    for index, chunk in enumerate(chunks):
+        last = index == len(chunks) - 1
+        held = [r for kind, r in chunk if kind == "hold"]
+        done = [r for kind, r in chunk if kind == "ended"]
+        args: list[str | int] = [epoch, retention_ms, now, "1" if last else "0"]
+        args += [len(budgets) if last else 0, len(held), len(done)]
+        if last:
+            args += budget_values
+        for h in held:
+            args += _hold_args(h)
+        for e in done:
+            args += _ended_args(e)
+        reply = await scripts.run(
+            "restore",
+            [
+                keys.config(org),
+                keys.expiries(org),
+                *((keys.budget(org, u) for u in uids) if last else ()),
+                *(keys.reservation(org, h["reservation_id"]) for h in held),
+                *(keys.reservation(org, e["reservation_id"]) for e in done),
+            ],
+            args,
+        )
+        totals = [t + int(v) for t, v in zip(totals, reply[1:4], strict=True)]
+    await redis_call(client.sadd(keys.ORGS, org))
+    result = Rebuilt(org, *totals)
+    log.info("ledger.rebuilt", org=org, budgets=result.budgets, holds=result.holds,
+             ended=result.ended)  # fmt: skip
+    return result
+
+
+async def _ended_in_ledger(
+    scripts: Scripts, pool: asyncpg.Pool, org: str, open_ids: set[str]
+) -> list[asyncpg.Record]:
+    """Reservations Redis marks held (in its expiry index) that the ledger says ended."""
+    client = scripts.client
+    held: list[str] = await redis_call(client.zrange(keys.expiries(org), 0, -1))
+    candidates = [rid for rid in held if rid not in open_ids]
+    if not candidates:
+        return []
+    async with client.pipeline(transaction=False) as pipe:
+        for rid in candidates:
+            pipe.hget(keys.reservation(org, rid), "created")
+        created = await redis_call(pipe.execute())
+    pairs = [(rid, int(c)) for rid, c in zip(candidates, created, strict=True) if c]
+    if not pairs:
+        return []
+    return list(await pool.fetch(ENDED, org, [rid for rid, _ in pairs], [c for _, c in pairs]))
+
+
+async def active_orgs(pool: asyncpg.Pool, window_ms: int) -> list[str]:
+    """The orgs a rebuild of the whole data set covers."""
+    return [r["org"] for r in await pool.fetch(ACTIVE_ORGS, window_ms)]
+
+
+class Rebuilder:
+    """Rebuilds orgs whose data Redis lost, in the background, one replica at a time per org."""
+
+    def __init__(
+        self,
+        scripts: Scripts,
+        pool: asyncpg.Pool,
+        clock: Clock,
+        *,
+        epoch: str,
+        retention_ms: int,
+        window_ms: int,
+        enabled: bool,
+        retry_seconds: float = 1.0,
+    ) -> None:
+        self.scripts = scripts
+        self.pool = pool
+        self.clock = clock
+        self.epoch = epoch
+        self.retention_ms = retention_ms
+        self.window_ms = window_ms
+        self.enabled = enabled
+        self.retry_seconds = retry_seconds
+        self.rebuilt = 0  # orgs this process rebuilt (metrics, tests)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def request(self, org: str) -> bool:
+        """Rebuild `org` soon (ALL: every org, then the sentinel); False when turned off."""
+        if not self.enabled:
+            return False
+        task = self._tasks.get(org)
+        if task is None or task.done():
+            self._tasks[org] = asyncio.create_task(self._run(org), name=f"rebuild:{org}")
+        return True
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._tasks.values():
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # stopping; failures were logged
+                pass
+        self._tasks.clear()
+
+    async def _run(self, org: str) -> None:
+        delay = self.retry_seconds
+        while True:
+            try:
+                if org == ALL:
+                    await self.rebuild_all()
+                else:
+                    await self.rebuild(org)
+                return
+            except ServiceError as exc:  # PostgreSQL or Redis away: try again later
+                log.warning("rebuild.failed", org=org, error=exc.message, retry_in_seconds=delay)
+            except Exception:
+                log.exception("rebuild.crashed", org=org)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def rebuild(self, org: str, *, force: bool = False) -> Rebuilt | None:
+        """Rebuild one org under its lock, unless it is intact (another replica just rebuilt
+        it: None then); `force` rebuilds an intact org too (a Redis that missed writes)."""
+        return await self._locked(org, lambda: self._rebuild_if_lost(org, force))
+
+    async def _rebuild_if_lost(self, org: str, force: bool) -> Rebuilt | None:
+        found = await redis_call(self.scripts.client.hget(keys.config(org), "_e"))
+        if found == self.epoch and not force:
+            return None
+        result = await rebuild_org(
+            self.scripts, self.pool, org, self.clock, epoch=self.epoch,
+            retention_ms=self.retention_ms,
+        )  # fmt: skip
+        self.rebuilt += 1
+        return result
+
+    async def rebuild_all(self) -> list[Rebuilt]:
+        """Rebuild every org that lost its data, then put the sentinel back."""
+
+        async def run() -> list[Rebuilt]:
+            if await redis_call(self.scripts.client.get(keys.EPOCH)) == self.epoch:
+                return []
+            log.error("rebuild.data_set_lost", action="rebuilding every org from the ledger")
+            done = []
+            for org in await active_orgs(self.pool, self.window_ms):
+                result = await self.rebuild(org)
+                if result is not None:
+                    done.append(result)
+            await redis_call(self.scripts.client.set(keys.EPOCH, self.epoch))
+            log.info("rebuild.data_set_restored", orgs=len(done))
+            return done
+
+        return await self._locked(ALL, run)
+
+    async def _locked(self, name: str, work: Callable[[], Awaitable[T]]) -> T:
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"ba-rebuild:{name}")
+            try:
+                return await work()
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", f"ba-rebuild:{name}")
+
+
+class EpochWatch:
+    """Notices a Redis that lost its whole data set (the sentinel gone) and fails closed."""
+
+    def __init__(self, scripts: Scripts, epoch: str, rebuilder: Rebuilder) -> None:
+        self.client = scripts.client
+        self.epoch = epoch
+        self.rebuilder = rebuilder
+        self.lost = False
+        self.on_change: Callable[[bool], None] = lambda lost: None
+
+    async def check_once(self) -> None:
+        """One look at the sentinel (run every second)."""
+        found = await redis_call(self.client.get(keys.EPOCH))
+        lost = found != self.epoch
+        if lost != self.lost:
+            self.lost = lost
+            self.on_change(lost)
+            if lost:
+                log.error("epoch.data_set_lost", found=found, expected=self.epoch)
+            else:
+                log.info("epoch.data_set_restored")
+        if lost and found is None:
+            self.rebuilder.request(ALL)
+
+
+async def prepare_data_set(
+    scripts: Scripts,
+    pool: asyncpg.Pool,
+    sync: ConfigSync,
+    repo: BudgetRepository,
+    rebuilder: Rebuilder,
+    epoch: epochs.Epoch,
+) -> None:
+    """Before serving: make Redis carry this database's data set, or refuse to start."""
+    found = await redis_call(scripts.client.get(keys.EPOCH))
+    if found == epoch.value:
+        await sync.reconcile(repo)
+        return
+    if found is not None:
+        raise ConfigError(
+            f"REDIS_URL holds another budget database's data (epoch {found}; this DATABASE_URL's"
+            f" is {epoch.value}): point REDIS_URL and DATABASE_URL at the same deployment, or"
+            " empty that Redis database if it is meant to be rebuilt from this ledger"
+        )
+    if not epoch.adopted:
+        # The first start since the epoch exists: the data Redis holds is this database's.
+        await sync.reconcile(repo, adopt=True)
+        await redis_call(scripts.client.set(keys.EPOCH, epoch.value))
+        await epochs.mark_adopted(pool)
+        log.info("epoch.adopted", epoch=epoch.value)
+        return
+    restored = await rebuilder.rebuild_all()
+    log.warning("epoch.rebuilt_at_start", orgs=len(restored))
