@@ -26,14 +26,15 @@ def add_parser(sub: Any, instant: Any) -> None:
         dest="start",
         required=True,
         type=instant,
-        help="start, inclusive: 2026-11-01 (UTC midnight) or an ISO time",
+        help="start, inclusive: 2026-11-01 (UTC midnight) or an ISO time (2026-11-24T14:20Z)",
     )
     report.add_argument("--to", dest="end", required=True, type=instant, help="end, exclusive")
     report.add_argument(
         "--granularity",
         choices=GRANULARITIES,
         default="day",
-        help="bucket size (default day; day/week/month need whole UTC days)",
+        help="UTC bucket size (default day); a bucket the range covers only in part is summed"
+        " exactly over the part inside the range and marked partial",
     )
     report.add_argument(
         "--group-by",
@@ -54,7 +55,11 @@ GRANULARITIES = {
 def report_rows(report: pb.SpendReport, group_by: list[str]) -> list[dict[str, Any]]:
     rows = []
     for r in report.rows:
-        row: dict[str, Any] = {"bucket_start": r.bucket_start.ToJsonString()}
+        row: dict[str, Any] = {
+            "bucket_start": r.bucket_start.ToJsonString(),
+            "bucket_end": r.bucket_end.ToJsonString(),
+            "partial": r.partial,
+        }
         row.update({key: r.group.get(key, "") for key in group_by})
         row.update(
             cost_nanos=r.cost_nanos,
@@ -87,6 +92,8 @@ def write_report(report: pb.SpendReport, group_by: list[str], fmt: str, out: Tex
         return
     columns = [
         "bucket_start",
+        "bucket_end",
+        "partial",
         *group_by,
         "cost_nanos",
         "cost_usd",

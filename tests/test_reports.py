@@ -37,48 +37,56 @@ async def record(
     input_tokens: int = 0,
     output_tokens: int = 0,
     tags: dict[str, str] | None = None,
+    only: str = "",
     **dims: str,
 ) -> None:
-    """One committed request (or, with refund=True, one refund) in both ledger tables."""
+    """One committed request (or, with refund=True, one refund) in both ledger tables.
+
+    only="usage_records" or "spend_daily" writes that table alone: the tables then disagree,
+    which shows which one a report read.
+    """
     moment = at(when)
     requests = 0 if refund else 1
     values = {d: dims.get(d, "") for d in ("team", "project", "user", "provider", "model")}
     tags_json = json.dumps(tags or {})
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO usage_records (org, event_id, reservation_id, at, outcome, team, project,"
-            ' "user", provider, model, tags, cost_nanos, requests, input_tokens, output_tokens)'
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14, $15)",
-            org,
-            rid("e"),
-            rid("r"),
-            moment,
-            "refund" if refund else "ok",
-            *values.values(),
-            tags_json,
-            cost_nanos,
-            requests,
-            input_tokens,
-            output_tokens,
-        )
-        await conn.execute(
-            'INSERT INTO spend_daily (org, day, team, project, "user", provider, model, tags,'
-            " cost_nanos, requests, input_tokens, output_tokens)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12)"
-            ' ON CONFLICT (org, day, team, project, "user", provider, model, tags) DO UPDATE SET'
-            " cost_nanos = spend_daily.cost_nanos + excluded.cost_nanos,"
-            " requests = spend_daily.requests + excluded.requests,"
-            " input_tokens = spend_daily.input_tokens + excluded.input_tokens,"
-            " output_tokens = spend_daily.output_tokens + excluded.output_tokens",
-            org,
-            moment.date(),
-            *values.values(),
-            tags_json,
-            cost_nanos,
-            requests,
-            input_tokens,
-            output_tokens,
-        )
+        if only != "spend_daily":
+            await conn.execute(
+                "INSERT INTO usage_records (org, event_id, reservation_id, at, outcome, team,"
+                ' project, "user", provider, model, tags, cost_nanos, requests, input_tokens,'
+                " output_tokens) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb,"
+                " $12, $13, $14, $15)",
+                org,
+                rid("e"),
+                rid("r"),
+                moment,
+                "refund" if refund else "ok",
+                *values.values(),
+                tags_json,
+                cost_nanos,
+                requests,
+                input_tokens,
+                output_tokens,
+            )
+        if only != "usage_records":
+            await conn.execute(
+                'INSERT INTO spend_daily (org, day, team, project, "user", provider, model, tags,'
+                " cost_nanos, requests, input_tokens, output_tokens)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12)"
+                ' ON CONFLICT (org, day, team, project, "user", provider, model, tags) DO UPDATE'
+                " SET cost_nanos = spend_daily.cost_nanos + excluded.cost_nanos,"
+                " requests = spend_daily.requests + excluded.requests,"
+                " input_tokens = spend_daily.input_tokens + excluded.input_tokens,"
+                " output_tokens = spend_daily.output_tokens + excluded.output_tokens",
+                org,
+                moment.date(),
+                *values.values(),
+                tags_json,
+                cost_nanos,
+                requests,
+                input_tokens,
+                output_tokens,
+            )
 
 
 def request(
@@ -109,6 +117,19 @@ def table(result: pb.SpendReport) -> list[tuple[str, dict[str, str], int, int]]:
             dict(row.group),
             row.cost_nanos,
             row.requests,
+        )
+        for row in result.rows
+    ]
+
+
+def spans(result: pb.SpendReport) -> list[tuple[str, str, bool, int]]:
+    """(bucket start, bucket end, partial, cost) per row, in the report's order."""
+    return [
+        (
+            row.bucket_start.ToDatetime(UTC).isoformat(sep=" ")[:16],
+            row.bucket_end.ToDatetime(UTC).isoformat(sep=" ")[:16],
+            row.partial,
+            row.cost_nanos,
         )
         for row in result.rows
     ]
@@ -361,6 +382,103 @@ async def test_a_report_over_the_row_limit_is_refused_rather_than_cut_short(
     assert (len(whole.rows), whole.total_cost_nanos) == (1, 20_001)
 
 
+async def test_day_and_week_reports_with_bounds_inside_a_day_are_answered_not_refused(
+    app: server.App, admin: AdminStub, org: str
+) -> None:
+    for when, cost in [
+        ("2024-03-04 05:59", 1),  # before the day report's start
+        ("2024-03-04 06:00", 2),
+        ("2024-03-10 23:59", 4),
+        ("2024-03-11 05:59", 8),
+        ("2024-03-11 06:00", 16),  # at the week report's end
+    ]:
+        await record(app.pool, org, when, cost)
+
+    day = await report(admin, org, "2024-03-04 06:00", "2024-03-05", pb.GRANULARITY_DAY)
+    week = await report(admin, org, "2024-03-04", "2024-03-11 06:00", pb.GRANULARITY_WEEK)
+
+    assert spans(day) == [("2024-03-04 00:00", "2024-03-05 00:00", True, 2)]
+    assert spans(week) == [
+        ("2024-03-04 00:00", "2024-03-11 00:00", False, 1 + 2 + 4),
+        ("2024-03-11 00:00", "2024-03-18 00:00", True, 8),
+    ]
+
+
+async def test_whole_days_are_read_from_the_daily_rollup_and_the_edges_from_usage_records(
+    app: server.App, admin: AdminStub, org: str
+) -> None:
+    # Rows written to one table only make the tables disagree: the sums show which was read.
+    await record(app.pool, org, "2024-03-04 14:00", 1)  # before start_time
+    await record(app.pool, org, "2024-03-04 15:00", 2)
+    await record(app.pool, org, "2024-03-04 16:00", 4, only="spend_daily")  # partial day
+    await record(app.pool, org, "2024-03-05 12:00", 8, only="usage_records")  # a whole day
+    await record(app.pool, org, "2024-03-06 12:00", 16, only="spend_daily")  # a whole day
+    await record(app.pool, org, "2024-03-07 08:00", 32, only="spend_daily")  # partial day
+    await record(app.pool, org, "2024-03-07 09:00", 64)
+    await record(app.pool, org, "2024-03-07 09:30", 128)  # at end_time
+    span = (org, "2024-03-04 14:20", "2024-03-07 09:30")
+
+    days = await report(admin, *span, pb.GRANULARITY_DAY)
+    month = await report(admin, *span, pb.GRANULARITY_MONTH)
+    # A range without a whole UTC day is read from usage_records alone.
+    inside_a_day = await report(admin, org, "2024-03-05 10:00", "2024-03-05 13:00")
+    across_midnight = await report(admin, org, "2024-03-06 20:00", "2024-03-07 08:30")
+
+    assert spans(days) == [
+        ("2024-03-04 00:00", "2024-03-05 00:00", True, 2),
+        ("2024-03-06 00:00", "2024-03-07 00:00", False, 16),
+        ("2024-03-07 00:00", "2024-03-08 00:00", True, 64),
+    ]
+    assert spans(month) == [("2024-03-01 00:00", "2024-04-01 00:00", True, 2 + 16 + 64)]
+    assert spans(inside_a_day) == [("2024-03-05 00:00", "2024-03-06 00:00", True, 8)]
+    assert list(across_midnight.rows) == []
+
+
+async def test_buckets_carry_their_calendar_end_and_are_partial_only_where_the_range_cuts_them(
+    app: server.App, admin: AdminStub, org: str
+) -> None:
+    await record(app.pool, org, "2024-02-29 10:00", 1)  # a leap day
+    await record(app.pool, org, "2024-12-31 23:00", 2)
+    await record(app.pool, org, "2025-01-01 00:30", 4)
+
+    whole = await report(admin, org, "2024-02-01", "2025-02-01", pb.GRANULARITY_MONTH)
+    cut = await report(admin, org, "2024-02-29 10:00", "2025-01-01 00:31", pb.GRANULARITY_MONTH)
+    hours = await report(admin, org, "2024-12-31 23:00", "2025-01-01 00:45", pb.GRANULARITY_HOUR)
+    week = await report(admin, org, "2024-12-31", "2025-01-02", pb.GRANULARITY_WEEK)
+
+    assert spans(whole) == [
+        ("2024-02-01 00:00", "2024-03-01 00:00", False, 1),
+        ("2024-12-01 00:00", "2025-01-01 00:00", False, 2),
+        ("2025-01-01 00:00", "2025-02-01 00:00", False, 4),
+    ]
+    assert spans(cut) == [
+        ("2024-02-01 00:00", "2024-03-01 00:00", True, 1),
+        ("2024-12-01 00:00", "2025-01-01 00:00", False, 2),
+        ("2025-01-01 00:00", "2025-02-01 00:00", True, 4),
+    ]
+    assert spans(hours) == [
+        ("2024-12-31 23:00", "2025-01-01 00:00", False, 2),
+        ("2025-01-01 00:00", "2025-01-01 01:00", True, 4),
+    ]
+    assert spans(week) == [("2024-12-30 00:00", "2025-01-06 00:00", True, 2 + 4)]
+
+
+@pytest.mark.parametrize("granularity", [pb.GRANULARITY_HOUR, pb.GRANULARITY_DAY])
+async def test_bounds_with_nanoseconds_select_the_rows_an_exact_comparison_would(
+    app: server.App, admin: AdminStub, org: str, granularity: pb.Granularity.ValueType
+) -> None:
+    await record(app.pool, org, "2024-03-04 10:00:00", 1)  # 500 ns before start_time
+    await record(app.pool, org, "2024-03-04 10:00:00.000001", 2)
+    await record(app.pool, org, "2024-03-04 11:00:00", 4)  # 500 ns before end_time
+    await record(app.pool, org, "2024-03-04 11:00:00.000001", 8)
+    query = request(org, "2024-03-04 10:00", "2024-03-04 11:00", granularity)
+    query.start_time.nanos = query.end_time.nanos = 500
+
+    result = await admin.GetSpendReport(query)
+
+    assert result.total_cost_nanos == 2 + 4
+
+
 BAD_REQUESTS = [
     ("unknown_group_by_key", ("2024-03-04", "2024-03-05", 0, ("team", "color")), "group_by"),
     ("tag_without_a_name", ("2024-03-04", "2024-03-05", 0, ("tag:",)), "group_by"),
@@ -369,8 +487,7 @@ BAD_REQUESTS = [
     ("missing_end_time", ("2024-03-04", None, 0, ()), "end_time"),
     ("end_before_start", ("2024-03-05", "2024-03-04", 0, ()), "end_time"),
     ("end_equal_to_start", ("2024-03-04", "2024-03-04", pb.GRANULARITY_HOUR, ()), "end_time"),
-    ("day_report_starting_mid_day", ("2024-03-04 06:00", "2024-03-05", 0, ()), "start_time"),
-    ("week_report_ending_mid_day", ("2024-03-04", "2024-03-11 06:00", 3, ()), "end_time"),
+    ("end_after_9999_01_01", ("9999-12-30", "9999-12-31 12:00", 0, ()), "end_time"),
     ("unknown_granularity", ("2024-03-04", "2024-03-05", 99, ()), "granularity"),
 ]
 

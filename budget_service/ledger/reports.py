@@ -1,9 +1,14 @@
 """Spend reports: the PostgreSQL ledger's usage summed per UTC time bucket and chosen dimensions.
 
-HOUR reports read usage_records (one row per commit, one per refund with a negative cost);
-DAY, WEEK and MONTH reports read spend_daily, the same sums per UTC day, so their bounds must
-fall on a UTC midnight. Weeks start on Monday. Buckets without usage are left out. Money stays
-in integers from the SQL sums to the reply: PostgreSQL sums bigints exactly (as numeric).
+Any range [start, end) at any granularity. usage_records holds one row per commit and one per
+refund (negative cost); spend_daily holds the same rows summed per UTC day, and is what keeps
+a month's report from reading a month of requests. So a report reads the whole UTC days inside
+its range from spend_daily and only the parts of a day at its edges (or all of a range without
+a whole day, and every HOUR report) from usage_records: the same rows the rollup is made of,
+so the sums agree to the nano with a report over whole days. Weeks start on Monday. A bucket is
+labeled by its calendar start even when the range starts later, and flagged `partial` when the
+range covers only part of it. Buckets without usage are left out. Money stays in integers from
+the SQL sums to the reply: PostgreSQL sums bigints exactly (as numeric).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ MAX_ROWS = 20_000
 MAX_GROUP_KEYS = 8
 BASIS_POINTS = 10_000
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-SECONDS_PER_DAY = 86_400
+DAY = dt.timedelta(days=1)
+# Bounds stay a month clear of datetime's year-9999 end, so every bucket's end is a datetime.
+LATEST_END = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
 
 # group_by key -> the column it reads. `tag:<name>` reads tags ->> <name>, the name bound as a
 # parameter. Nothing a caller sends is ever spliced into the SQL text.
@@ -73,10 +80,20 @@ class ReportQuery:
 
 
 @dataclass(frozen=True)
+class Sources:
+    """Where a report's usage is read: usage_records ranges and whole UTC days of spend_daily."""
+
+    records: tuple[tuple[dt.datetime, dt.datetime], ...]  # [from, to) of usage_records.at
+    days: tuple[dt.date, dt.date] | None  # [first, last) of spend_daily.day
+
+
+@dataclass(frozen=True)
 class SpendLine:
     """One bucket and group's sums, as the query returns them."""
 
     bucket_start: dt.datetime
+    bucket_end: dt.datetime
+    partial: bool
     group: dict[str, str]
     cost_nanos: Nanos
     requests: int
@@ -92,22 +109,16 @@ def parse_request(request: pb.GetSpendReportRequest) -> ReportQuery:
     granularity = request.granularity or pb.GRANULARITY_DAY
     start = _timestamp("start_time", request.start_time, request.HasField("start_time"))
     end = _timestamp("end_time", request.end_time, request.HasField("end_time"))
-    if end <= start:
+    # Compared as sent: rounding to microseconds can make two different bounds equal.
+    first, last = request.start_time, request.end_time
+    if (last.seconds, last.nanos) <= (first.seconds, first.nanos):
         raise InvalidArgument(
             "end_time",
             f"is {_iso(end)}, not after start_time {_iso(start)}; the range is"
             " [start_time, end_time)",
         )
-    if granularity != pb.GRANULARITY_HOUR:
-        bounds = (("start_time", request.start_time, start), ("end_time", request.end_time, end))
-        for field, stamp, moment in bounds:
-            if stamp.seconds % SECONDS_PER_DAY or stamp.nanos:
-                raise InvalidArgument(
-                    field,
-                    f"is {_iso(moment)}; {pb.Granularity.Name(granularity)}"
-                    " reports are made of whole UTC days, so it must be at 00:00:00Z"
-                    " (use GRANULARITY_HOUR for a range that starts or ends inside a day)",
-                )
+    if end > LATEST_END:
+        raise InvalidArgument("end_time", f"is {_iso(end)}; a report ends by {_iso(LATEST_END)}")
     buckets = bucket_count(start, end, granularity)
     if buckets > MAX_BUCKETS:
         coarser = COARSER[granularity]
@@ -139,10 +150,17 @@ def _group_by(keys: list[str]) -> tuple[str, ...]:
 
 
 def _timestamp(field: str, stamp: timestamp_pb2.Timestamp, present: bool) -> dt.datetime:
+    """The bound rounded up to a microsecond (PostgreSQL's resolution).
+
+    Ledger times are whole microseconds, so `at >= bound` and `at < bound` select the same rows
+    with the bound rounded up; ToDatetime alone would round down and take in a row at the
+    microsecond just before a bound that has nanoseconds.
+    """
     if not present:
         raise InvalidArgument(field, "is required (the report covers [start_time, end_time))")
     try:
-        return stamp.ToDatetime(dt.UTC)
+        moment = stamp.ToDatetime(dt.UTC)
+        return moment + dt.timedelta(microseconds=1) if stamp.nanos % 1000 else moment
     except (ValueError, OverflowError) as exc:
         raise InvalidArgument(field, f"is not a valid timestamp: {exc}") from exc
 
@@ -162,6 +180,14 @@ def truncate(moment: dt.datetime, granularity: int) -> dt.datetime:
     if granularity == pb.GRANULARITY_WEEK:
         return day - dt.timedelta(days=day.weekday())
     return day.replace(day=1)
+
+
+def bucket_end(bucket_start: dt.datetime, granularity: int) -> dt.datetime:
+    """The end (exclusive) of the bucket starting at `bucket_start`: the next one's start."""
+    if granularity == pb.GRANULARITY_MONTH:
+        year, month = divmod(bucket_start.month, 12)
+        return bucket_start.replace(year=bucket_start.year + year, month=month + 1)
+    return bucket_start + STEPS[granularity]
 
 
 def bucket_count(start: dt.datetime, end: dt.datetime, granularity: int) -> int:
@@ -195,8 +221,27 @@ def share_basis_points(cost_nanos: Nanos, total_nanos: Nanos) -> int:
     return min(max(ratio_half_up(cost_nanos * BASIS_POINTS, total_nanos), INT32_MIN), INT32_MAX)
 
 
+def sources(query: ReportQuery) -> Sources:
+    """The whole UTC days inside the range from spend_daily, the rest from usage_records."""
+    if query.granularity == pb.GRANULARITY_HOUR:
+        return Sources(((query.start, query.end),), None)
+    day = truncate(query.start, pb.GRANULARITY_DAY)
+    first_midnight = day if day == query.start else day + DAY
+    last_midnight = truncate(query.end, pb.GRANULARITY_DAY)
+    if first_midnight >= last_midnight:  # no whole day: less than two days of usage_records
+        return Sources(((query.start, query.end),), None)
+    edges = ((query.start, first_midnight), (last_midnight, query.end))
+    return Sources(
+        tuple((lo, hi) for lo, hi in edges if lo < hi),
+        (first_midnight.date(), last_midnight.date()),
+    )
+
+
 def build_sql(query: ReportQuery) -> tuple[str, list[Any]]:
-    """The report's SQL and its parameters, from whitelisted column expressions only."""
+    """The report's SQL and its parameters, from whitelisted column expressions only.
+
+    Both tables name the dimension columns alike, so one list of expressions reads either.
+    """
     params: list[Any] = [query.org, UNITS[query.granularity]]
     dims: list[str] = []
     for key in query.group_by:
@@ -205,24 +250,29 @@ def build_sql(query: ReportQuery) -> tuple[str, list[Any]]:
             dims.append(f"coalesce(tags ->> ${len(params)}, '')")
         else:
             dims.append(COLUMNS[key])
-    if query.granularity == pb.GRANULARITY_HOUR:
-        source = "usage_records"
-        bucket = "date_trunc($2, at AT TIME ZONE 'UTC')"
-        params += [query.start, query.end]
-        within = f"at >= ${len(params) - 1} AND at < ${len(params)}"
-    else:
-        source = "spend_daily"
-        bucket = "date_trunc($2, day::timestamp)"
-        params += [query.start.date(), query.end.date()]
-        within = f"day >= ${len(params) - 1} AND day < ${len(params)}"
-    params.append(MAX_ROWS + 1)
     inner = "".join(f", {d} AS g{i}" for i, d in enumerate(dims))
+    columns = f"{inner}, cost_nanos, requests, input_tokens, output_tokens"
+    parts: list[str] = []
+    plan = sources(query)
+    # One branch per range, each a plain range on its table's index (an OR would hide it).
+    for lo, hi in plan.records:
+        params += [lo, hi]
+        parts.append(
+            f"SELECT date_trunc($2, at AT TIME ZONE 'UTC') AS bucket{columns} FROM usage_records"
+            f" WHERE org = $1 AND at >= ${len(params) - 1} AND at < ${len(params)}"
+        )
+    if plan.days is not None:
+        params += list(plan.days)
+        parts.append(
+            f"SELECT date_trunc($2, day::timestamp) AS bucket{columns} FROM spend_daily"
+            f" WHERE org = $1 AND day >= ${len(params) - 1} AND day < ${len(params)}"
+        )
+    params.append(MAX_ROWS + 1)
     outer = "".join(f", g{i}" for i in range(len(dims)))
     sql = (
         f"SELECT bucket{outer}, sum(cost_nanos) AS cost_nanos, sum(requests) AS requests,"
         " sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens"
-        f" FROM (SELECT {bucket} AS bucket{inner}, cost_nanos, requests, input_tokens,"
-        f" output_tokens FROM {source} WHERE org = $1 AND {within}) AS usage"
+        f" FROM ({' UNION ALL '.join(parts)}) AS usage"
         f" GROUP BY bucket{outer} ORDER BY bucket{outer} LIMIT ${len(params)}"
     )
     return sql, params
@@ -247,18 +297,23 @@ class SpendReports:
                 f"the report has more than {MAX_ROWS} rows; use {hint}fewer group_by keys"
                 " or a narrower range",
             )
-        return [
-            SpendLine(
-                # date_trunc of a UTC wall-clock time: a naive timestamp that is UTC.
-                bucket_start=r["bucket"].replace(tzinfo=dt.UTC),
+        lines = []
+        for r in rows:
+            # date_trunc of a UTC wall-clock time: a naive timestamp that is UTC.
+            start = r["bucket"].replace(tzinfo=dt.UTC)
+            end = bucket_end(start, query.granularity)
+            line = SpendLine(
+                bucket_start=start,
+                bucket_end=end,
+                partial=start < query.start or end > query.end,
                 group={key: r[f"g{i}"] for i, key in enumerate(query.group_by)},
                 cost_nanos=int(r["cost_nanos"]),
                 requests=int(r["requests"]),
                 input_tokens=int(r["input_tokens"]),
                 output_tokens=int(r["output_tokens"]),
             )
-            for r in rows
-        ]
+            lines.append(line)
+        return lines
 
     async def report(self, query: ReportQuery) -> pb.SpendReport:
         """The SpendReport of a validated query."""
@@ -285,6 +340,8 @@ def to_proto(lines: list[SpendLine]) -> pb.SpendReport:
             output_tokens=line.output_tokens,
             cost_per_request_nanos=cost_per_request(line.cost_nanos, line.requests),
             share_basis_points=share_basis_points(line.cost_nanos, total_cost),
+            partial=line.partial,
         )
         row.bucket_start.FromDatetime(line.bucket_start)
+        row.bucket_end.FromDatetime(line.bucket_end)
     return report

@@ -435,7 +435,7 @@ class GetSpendReportRequest(_message.Message):
     def __init__(self, org: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., granularity: _Optional[_Union[Granularity, str]] = ...) -> None: ...
 
 class SpendRow(_message.Message):
-    __slots__ = ("group", "bucket_start", "cost_nanos", "requests", "input_tokens", "output_tokens", "cost_per_request_nanos", "share_basis_points")
+    __slots__ = ("group", "bucket_start", "cost_nanos", "requests", "input_tokens", "output_tokens", "cost_per_request_nanos", "share_basis_points", "bucket_end", "partial")
     class GroupEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -451,6 +451,8 @@ class SpendRow(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COST_PER_REQUEST_NANOS_FIELD_NUMBER: _ClassVar[int]
     SHARE_BASIS_POINTS_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_END_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
     group: _containers.ScalarMap[str, str]
     bucket_start: _timestamp_pb2.Timestamp
     cost_nanos: int
@@ -459,7 +461,9 @@ class SpendRow(_message.Message):
     output_tokens: int
     cost_per_request_nanos: int
     share_basis_points: int
-    def __init__(self, group: _Optional[_Mapping[str, str]] = ..., bucket_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cost_nanos: _Optional[int] = ..., requests: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cost_per_request_nanos: _Optional[int] = ..., share_basis_points: _Optional[int] = ...) -> None: ...
+    bucket_end: _timestamp_pb2.Timestamp
+    partial: bool
+    def __init__(self, group: _Optional[_Mapping[str, str]] = ..., bucket_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cost_nanos: _Optional[int] = ..., requests: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cost_per_request_nanos: _Optional[int] = ..., share_basis_points: _Optional[int] = ..., bucket_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., partial: _Optional[bool] = ...) -> None: ...
 
 class SpendReport(_message.Message):
     __slots__ = ("rows", "total_cost_nanos", "total_requests", "total_input_tokens", "total_output_tokens", "cost_per_request_nanos")
