@@ -1,8 +1,16 @@
-"""Wiring: stores, engine, services, health, reflection, sweeper; start and graceful stop."""
+"""Wiring: stores, engine, services, health, reflection, sweeper; start and graceful stop.
+
+Health: the port opens only after migrations and the reconcile of Redis from PostgreSQL; it
+then answers NOT_SERVING (the whole server, "", and each service name) until the price table
+has caught up with the pricing service, SERVING from then on, and NOT_SERVING again at stop.
+The name `liveness` answers SERVING from the moment the port opens: Kubernetes' liveness and
+startup probes ask it, so a pod waiting for prices is kept out of traffic, not restarted.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +55,7 @@ SERVICE_NAMES = (
     budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
     budget_pb2.DESCRIPTOR.services_by_name["BudgetAdminService"].full_name,
 )
+LIVENESS = "liveness"  # health name for liveness probes: the process is up and answering
 
 
 @dataclass
@@ -68,14 +77,28 @@ class App:
     utilization: Utilization
     metrics: MetricsServer | None
     rebuilder: Rebuilder
+    readiness: asyncio.Task[None] | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_ready(self, seconds: float) -> bool:
+        """True once health reports SERVING (prices loaded), False after `seconds`."""
+        if self.readiness is None:
+            return False
+        done, _ = await asyncio.wait({self.readiness}, timeout=seconds)
+        return bool(done) and not self.readiness.cancelled()
 
     async def stop(self) -> None:
         """Stop taking calls, let in-flight calls finish (up to the grace period), close stores."""
         if self.stopped.is_set():
             return
         log.info("server.stopping", grace_seconds=self.settings.shutdown_grace_seconds)
-        for name in ("", *SERVICE_NAMES):
+        if self.readiness is not None:  # first, so it cannot report SERVING after this
+            self.readiness.cancel()
+            try:
+                await self.readiness
+            except asyncio.CancelledError:
+                pass
+        for name in ("", *SERVICE_NAMES, LIVENESS):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         for job in self.background:
             await job.stop()
@@ -99,6 +122,7 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
         raise ConfigError(
             "REDIS_URL and DATABASE_URL must be set (or use `make run`, which starts both)"
         )
+    started = time.monotonic()
     clock = clock or SystemClock()
     tracing.configure(settings.tracing_exporter, "budget-service")
     redis = store.connect(
@@ -187,10 +211,15 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
         await overrides.stop()
         await _close(background, rebuilder, scripts, redis, pool)
         raise
-    await server.start()
+    # grpcio's health servicer starts with "" SERVING: out of service until the prices load.
     for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    started = len(background)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+    await server.start()
+    readiness = asyncio.create_task(
+        _serve_when_ready(health_servicer, prices, started), name="readiness"
+    )
+    first_new = len(background)
     sweeper = Sweeper(redis, engine, clock)
     idle_ms = int((settings.retention_seconds + settings.max_ttl_seconds) * 1000)
     background += [
@@ -221,13 +250,13 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
                 lambda: utilization.refresh(redis, engine.cache, clock),
             )
         )
-    for job in background[started:]:
+    for job in background[first_new:]:
         job.start()
     host = settings.budget_addr.rsplit(":", 1)[0]
-    log.info("server.started", addr=f"{host}:{port}")
+    log.info("server.started", addr=f"{host}:{port}", seconds=round(time.monotonic() - started, 3))
     return App(
         settings, server, port, redis, pool, engine, background, ledger, prices, budget_service,
-        health_servicer, reconciled, utilization, metrics, rebuilder,
+        health_servicer, reconciled, utilization, metrics, rebuilder, readiness,
     )  # fmt: skip
 
 
@@ -245,3 +274,17 @@ async def _close(
     scripts.close()
     await redis.aclose()
     await pool.close()
+
+
+async def _serve_when_ready(health_servicer: Any, prices: PriceTable, started: float) -> None:
+    """Report SERVING once the price table has caught up (the config is reconciled already).
+
+    No time limit: a pod whose pricing service is unreachable at start stays out of service
+    (a token-based Reserve there could only answer UNAVAILABLE) while pods that loaded their
+    prices keep serving; the table retries every second and the pod joins when it loads.
+    """
+    await prices.ready.wait()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("server.ready", seconds=round(time.monotonic() - started, 3),
+             prices_seconds=prices.load_seconds, prices_version=prices.version)  # fmt: skip

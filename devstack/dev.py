@@ -6,11 +6,11 @@ fixed ports (Redis 6390, PostgreSQL 5439; DEV_REDIS_PORT / DEV_POSTGRES_PORT ove
 store whose URL is set is used as is. Then it runs the pricing service (PRICING_ADDR, default
 127.0.0.1:50052; it migrates its tables and seeds the bundled price catalog) and the budget
 service (BUDGET_ADDR, default 127.0.0.1:50051) as child processes, waits until the health check
-of each says SERVING, seeds the demo org (only budgets that do not exist yet, so an operator's
-edits survive the next start), prints where everything is, and supervises: SIGINT / SIGTERM stop
-the budget service first (it drains), then the pricing service, then Redis and PostgreSQL, and
-exit 0. If a service or a store dies, everything else is stopped and the exit status is 1, with
-the last lines of its log.
+of each says SERVING (the budget service's once its prices are loaded), seeds the demo org
+(only budgets that do not exist yet, so an operator's edits survive the next start), prints
+where everything is, and supervises: SIGINT / SIGTERM stop the budget service first (it
+drains), then the pricing service, then Redis and PostgreSQL, and exit 0. If a service or a
+store dies, everything else is stopped and the exit status is 1, with the last lines of its log.
 
 Every child runs in its own session, so a terminal's Ctrl-C reaches only this process, which
 stops them in order; on Linux each child also gets a parent-death signal, so a SIGKILLed
@@ -53,7 +53,9 @@ STORE_HOST = "127.0.0.1"
 
 REDIS_START_TIMEOUT = 20.0
 POSTGRES_START_TIMEOUT = 90.0  # the first start runs initdb
-SERVING_TIMEOUT = 60.0  # migrations, the Redis reconcile, the catalog seed run before serving
+# Before SERVING: migrations, the Redis reconcile, the catalog seed (and sources), and the
+# budget service's price table loading the catalog from the pricing service.
+SERVING_TIMEOUT = 60.0
 STORE_STOP_TIMEOUT = 15.0
 SERVICE_STOP_MARGIN = 5.0  # on top of the service's own SHUTDOWN_GRACE_SECONDS
 RPC_TIMEOUT = 10.0

@@ -220,14 +220,20 @@ class CatalogRepository:
         return _version(model, row, await self._aliases(row["model_id"]))
 
     async def changes_since(self, version: int, limit: int = 1000) -> list[PriceVersion]:
-        """Versions above `version`, oldest first (WatchPrices' backlog)."""
+        """Versions above `version`, oldest first (WatchPrices' backlog), in one query.
+
+        Aliases come with each row: a query per row made loading the whole catalog cost one
+        round trip per model.
+        """
         rows = await self.pool.fetch(
-            "SELECT v.*, m.provider, m.model, m.mode, m.max_input_tokens, m.max_output_tokens"
+            "SELECT v.*, m.provider, m.model, m.mode, m.max_input_tokens, m.max_output_tokens,"
+            " array(SELECT a.alias FROM price_aliases a WHERE a.model_id = v.model_id"
+            " ORDER BY a.alias) AS aliases"
             " FROM price_versions v JOIN price_models m ON m.id = v.model_id"
             " WHERE v.version > $1 ORDER BY v.version LIMIT $2",
             version, limit,
         )  # fmt: skip
-        return [_version(r, r, await self._aliases(r["model_id"])) for r in rows]
+        return [_version(r, r, r["aliases"]) for r in rows]
 
     async def latest_version(self) -> int:
         return int(await self.pool.fetchval("SELECT coalesce(max(version), 0) FROM price_versions"))

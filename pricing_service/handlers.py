@@ -38,7 +38,8 @@ from servicekit.rpc import Context, rpc
 log = structlog.get_logger(__name__)
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
-WATCH_BATCH = 500
+WATCH_BATCH = 500  # versions per catalog query of a one-version-per-event stream
+MAX_PRICES_PER_EVENT = 1000  # about 300 KB per event, far below gRPC's 4 MB message limit
 
 
 def _lookup_error(exc: LookupError) -> ServiceError:
@@ -242,19 +243,34 @@ class PricingService(pricing_pb2_grpc.PricingServiceServicer):
     async def WatchPrices(
         self, request: pb.WatchPricesRequest, context: Context
     ) -> AsyncIterator[pb.PriceEvent]:
-        """The backlog after since_version, a caught_up marker, then live changes."""
+        """The backlog after since_version, a caught_up marker, then live changes.
+
+        With max_prices_per_event, each event carries up to that many versions (`prices`)
+        instead of one (`price`): one event per catalog query instead of one per version.
+        """
+        problem = None
         if request.since_version < 0:
-            await context.abort_with_status(  # type: ignore[attr-defined]
-                to_grpc_status(InvalidArgument("since_version", "must be 0 or more"))
+            problem = InvalidArgument("since_version", "must be 0 or more")
+        elif request.max_prices_per_event < 0:
+            problem = InvalidArgument(
+                "max_prices_per_event", "must be 0 (one version per event) or more"
             )
+        if problem is not None:
+            await context.abort_with_status(to_grpc_status(problem))  # type: ignore[attr-defined]
+        per_event = min(request.max_prices_per_event, MAX_PRICES_PER_EVENT)
+        page = per_event or WATCH_BATCH
         last = request.since_version
         caught_up = False
         while not self._stopping:
-            batch = await self.catalog.changes_since(last, WATCH_BATCH)
-            for version in batch:
-                last = version.version
-                yield pb.PriceEvent(price=to_proto(version))
-            if len(batch) == WATCH_BATCH:
+            batch = await self.catalog.changes_since(last, page)
+            if batch:
+                last = batch[-1].version
+                if per_event:
+                    yield pb.PriceEvent(prices=[to_proto(version) for version in batch])
+                else:
+                    for version in batch:
+                        yield pb.PriceEvent(price=to_proto(version))
+            if len(batch) == page:
                 continue
             if not caught_up:
                 caught_up = True

@@ -99,7 +99,7 @@ async def app(
     """The budget service, in this process, for the whole run, pricing from `pricing_app`."""
     settings = service_settings(stack, pricing_addr=f"127.0.0.1:{pricing_app.port}")
     running = await server.start(settings, clock)
-    assert await running.prices.wait_ready(30), "the price table never loaded"
+    assert await running.wait_ready(30), "never SERVING: the price table never loaded"
     try:
         yield running
     finally:

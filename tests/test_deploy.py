@@ -216,8 +216,19 @@ def test_pods_run_as_non_root_without_privileges(name: str) -> None:
 def test_probes_are_native_grpc_health_checks_on_the_pinned_port(name: str, port: int) -> None:
     c = container(k8s_object("Deployment", name))
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["grpc"] == {"port": port}, probe
+        assert c[probe]["grpc"]["port"] == port, probe
     assert port in [p["containerPort"] for p in c["ports"]]
+
+
+def test_budget_readiness_asks_the_whole_server_and_liveness_only_that_it_answers() -> None:
+    """Readiness waits for the prices; startup and liveness must not restart a pod that waits."""
+    c = container(k8s_object("Deployment", "budget-service"))
+    assert c["readinessProbe"]["grpc"] == {"port": BUDGET_PORT}
+    for probe in ("startupProbe", "livenessProbe"):
+        assert c[probe]["grpc"] == {"port": BUDGET_PORT, "service": "liveness"}, probe
+    pricing = container(k8s_object("Deployment", "pricing-service"))
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert pricing[probe]["grpc"] == {"port": PRICING_PORT}, probe
 
 
 @pytest.mark.parametrize(
@@ -640,6 +651,7 @@ async def test_healthcheck_exits_1_when_not_serving_and_4_once_stopped(
     own = await server.start(service_settings(stack, pricing_addr=f"127.0.0.1:{pricing_app.port}"))
     addr = f"127.0.0.1:{own.port}"
     try:
+        assert await own.wait_ready(30)
         assert (await healthcheck(addr))[0] == 0
         await own.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         code, out = await healthcheck(addr)

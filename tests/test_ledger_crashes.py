@@ -117,14 +117,14 @@ async def wait_holds_gone(admin: budget_pb2_grpc.BudgetAdminServiceStub, org: st
 
 
 @pytest.fixture
-def service_env(stack: Stack) -> dict[str, str]:
+def service_env(stack: Stack, pricing_app) -> dict[str, str]:
     return {
         **os.environ,
         "REDIS_URL": stack.redis.url,
         "DATABASE_URL": stack.postgres.url,
         "BUDGET_ADDR": f"127.0.0.1:{free_port()}",
         "METRICS_ADDR": f"127.0.0.1:{free_port()}",
-        "PRICING_ADDR": f"127.0.0.1:{free_port()}",
+        "PRICING_ADDR": f"127.0.0.1:{pricing_app.port}",  # SERVING needs its prices loaded
         "LOG_LEVEL": "error",
         "LEDGER_POLL_SECONDS": "0.05",
         # the killed writer's read-but-unacknowledged events are claimed by the restarted one

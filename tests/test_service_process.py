@@ -39,13 +39,14 @@ async def wait_serving(addr: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture
-def service_process(stack: Stack):
+def service_process(stack: Stack, pricing_app):
     addr = f"127.0.0.1:{free_port()}"
     env = {
         **os.environ,
         "REDIS_URL": stack.redis.url,
         "DATABASE_URL": stack.postgres.url,
         "BUDGET_ADDR": addr,
+        "PRICING_ADDR": f"127.0.0.1:{pricing_app.port}",  # SERVING needs its prices loaded
         "METRICS_ADDR": f"127.0.0.1:{free_port()}",
         "LOG_LEVEL": "warning",
         "SHUTDOWN_GRACE_SECONDS": "5",

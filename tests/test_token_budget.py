@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from importlib.resources import files
 
 import grpc
 import pytest
@@ -37,6 +38,19 @@ async def estimate(pricing, model: str, usage: pb.Usage) -> int:
     return int(answer.cost_nanos)
 
 
+def catalog_cost_nanos(model: str, tokens_by_kind: dict[str, int]) -> int:
+    """Tokens x the bundled catalog's per-million price of each kind, by hand, in nano-USD."""
+    catalog = json.loads((files("pricing_service") / "catalog" / "bundled.json").read_text())
+    [entry] = [m for m in catalog["models"] if m["model"] == model]
+    usd_times_million = sum(
+        tokens * Decimal(entry["prices"][kind]) for kind, tokens in tokens_by_kind.items()
+    )
+    nanos = usd_times_million * 1000  # USD per million tokens x tokens / 1e6 x 1e9
+    assert nanos == int(nanos)  # these prices need no rounding
+    return int(nanos)
+
+
+# (model, the provider's usage object, the Usage it means, its tokens split by price kind)
 SHAPES = [
     (
         "gpt-4o",
@@ -44,6 +58,7 @@ SHAPES = [
          "prompt_tokens_details": {"cached_tokens": 1024},
          "completion_tokens_details": {"reasoning_tokens": 0}},
         pb.Usage(input_tokens=1200, output_tokens=300, cached_input_tokens=1024),
+        {"input": 1200 - 1024, "cached_input": 1024, "output": 300},
     ),
     (
         "claude-sonnet-4-5",
@@ -51,6 +66,7 @@ SHAPES = [
          "output_tokens": 400},
         pb.Usage(input_tokens=1250, output_tokens=400, cached_input_tokens=1000,
                  cache_write_tokens=200),
+        {"input": 50, "cached_input": 1000, "cache_write": 200, "output": 400},
     ),
     (
         "gemini-2.5-pro",
@@ -58,13 +74,16 @@ SHAPES = [
                            "cachedContentTokenCount": 1000, "thoughtsTokenCount": 250}},
         pb.Usage(input_tokens=3000, output_tokens=750, cached_input_tokens=1000,
                  reasoning_tokens=250),
+        # Gemini sells no separate reasoning price: thoughts cost the output price.
+        {"input": 2000, "cached_input": 1000, "output": 500 + 250},
     ),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("model", "raw", "usage"), SHAPES, ids=[s[0] for s in SHAPES])
-async def test_commit_of_provider_usage_charges_what_estimate_cost_says(
-    app, budgets, admin, pricing, org, model, raw, usage
+@pytest.mark.parametrize(("model", "raw", "usage", "tokens_by_kind"), SHAPES,
+                         ids=[s[0] for s in SHAPES])  # fmt: skip
+async def test_commit_of_provider_usage_charges_the_catalog_price_as_estimate_cost_does(
+    app, budgets, admin, pricing, org, model, raw, usage, tokens_by_kind
 ):
     await upsert(admin, org, "cap", usd("100"))
     held = await reserve_tokens(budgets, org, model, usage.input_tokens, 4096)
@@ -74,8 +93,9 @@ async def test_commit_of_provider_usage_charges_what_estimate_cost_says(
         org=org, reservation_id=held.reservation_id, provider_usage_json=json.dumps(raw)
     )
     done = await budgets.Commit(request)
-    expected = await estimate(pricing, model, usage)
+    expected = catalog_cost_nanos(model, tokens_by_kind)
     assert done.charged_nanos == expected > 0
+    assert await estimate(pricing, model, usage) == expected  # the pricing service agrees
     assert done.usage == usage
     st = await status(admin, org, "cap")
     assert (st.spent_nanos, st.reserved_nanos) == (expected, 0)
@@ -100,9 +120,12 @@ async def test_reservation_made_before_a_price_change_commits_at_its_old_price(
 ):
     await upsert(admin, org, "cap", usd("100"))
     usage = pb.Usage(input_tokens=10_000, output_tokens=2_000)
-    old_cost = await estimate(pricing, "gpt-4.1-nano", usage)
     held = await reserve_tokens(budgets, org, "gpt-4.1-nano", 10_000, 2_000)
     current = await pricing.GetPrice(ppb.GetPriceRequest(model="gpt-4.1-nano"))
+    assert current.version == held.price_version
+    # USD per million tokens x tokens / 1e6 x 1e9 nanos: by hand, from the catalog's numbers.
+    old_cost = int((10_000 * Decimal(current.prices.input)
+                    + 2_000 * Decimal(current.prices.output)) * 1000)  # fmt: skip
     dearer = ppb.ModelPrice()
     dearer.CopyFrom(current)
     dearer.prices.input = str(Decimal(current.prices.input) * 3)

@@ -3,6 +3,11 @@
 A token-based Reserve is priced here, with no network hop. The table keeps every version it
 has seen (a reservation's commit is priced with the version its reserve used). When the stream
 breaks it reconnects and resumes from the last version it holds, so it catches up.
+
+Loading is what keeps a fresh process out of service (its health stays NOT_SERVING until
+`ready`), so it is made cheap: the stream sends up to PRICES_PER_EVENT versions per event
+(thousands of models in a few messages), and a model's integer estimator is compiled when a
+Reserve first needs it, not for every version loaded.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 import grpc
 import grpc.aio
@@ -31,6 +38,10 @@ from servicekit.errors import InvalidArgument, Unavailable
 
 log = structlog.get_logger(__name__)
 Key = tuple[str, str]  # (provider, model)
+PRICES_PER_EVENT = 1000  # versions per WatchPrices event (the pricing service's cap)
+# Until the first load the process is out of service: retry the stream often. Once loaded it
+# keeps serving with the prices it has, and backs off up to MAX_RETRY_SECONDS.
+MAX_RETRY_SECONDS = 30.0
 
 
 class UnknownModel(InvalidArgument):
@@ -44,10 +55,17 @@ class PricedModel:
     version: int
     effective_from_ms: int
     price: ModelPrice
-    # Integer reserve estimator (same answers as the Decimal one), or None when the price has
-    # too many decimals for it; likewise its inverse, the output tokens a hold pays for.
-    estimator: Estimator | None = None
-    output_limit: OutputLimit | None = None
+
+    @cached_property
+    def estimator(self) -> Estimator | None:
+        """Integer reserve estimator (same answers as the Decimal one), or None when the price
+        has too many decimals for it; compiled at first use."""
+        return compile_estimator(self.price)
+
+    @cached_property
+    def output_limit(self) -> OutputLimit | None:
+        """The estimator's inverse: the output tokens a hold pays for (None: use Decimal)."""
+        return compile_output_limit(self.price)
 
 
 class PriceTable:
@@ -58,6 +76,8 @@ class PriceTable:
         self.retry_seconds = retry_seconds
         self.version = 0
         self.ready = asyncio.Event()
+        self.events = 0  # WatchPrices events received (a fresh load of any catalog takes few)
+        self.load_seconds: float | None = None  # from start() to the first caught_up
         self._versions: dict[int, PricedModel] = {}
         self._history: dict[Key, list[PricedModel]] = defaultdict(list)
         self._names: dict[str, set[Key]] = defaultdict(set)
@@ -67,22 +87,28 @@ class PriceTable:
         self._task: asyncio.Task[None] | None = None
 
     def apply(self, message: ppb.ModelPrice) -> None:
-        """Take one price version into the table."""
+        """Take one price version into the table (InvalidArgument when it is malformed)."""
+        self._add(message)
+        self._resolved.clear()
+
+    def apply_all(self, messages: Iterable[ppb.ModelPrice]) -> None:
+        """Take versions into the table; a malformed one is logged and skipped."""
+        for message in messages:
+            try:
+                self._add(message)
+            except InvalidArgument as exc:  # one bad entry must not stop the feed
+                log.error("prices.bad_version", version=message.version, error=exc.message)
+        self._resolved.clear()
+
+    def _add(self, message: ppb.ModelPrice) -> None:
         price = catalog_entry(message)
-        entry = PricedModel(
-            message.version,
-            message.effective_from.ToMilliseconds(),
-            price,
-            compile_estimator(price),
-            compile_output_limit(price),
-        )
+        entry = PricedModel(message.version, message.effective_from.ToMilliseconds(), price)
         self._versions[entry.version] = entry
         key = (price.provider, price.model)
         self._history[key].append(entry)
         for name in (price.model, *price.aliases):
             self._names[name].add(key)
         self.version = max(self.version, entry.version)
-        self._resolved.clear()
 
     def newest_effective_from_ms(self) -> int | None:
         """When the newest price version took effect (None before the table loads)."""
@@ -141,29 +167,47 @@ class PriceTable:
         return max(live, key=lambda e: (e.effective_from_ms, e.version)), until
 
     async def _follow(self) -> None:
+        started = time.monotonic()
         delay = self.retry_seconds
+        failures = 0
         while True:
             try:
-                async with grpc.aio.insecure_channel(self.addr) as channel:
+                # A channel of its own subchannels: with the process-wide pool, a new channel
+                # inherits gRPC's reconnect backoff (1 s growing to 2 min) from the failed
+                # attempts, and the table would connect seconds after the pricing service is up.
+                async with grpc.aio.insecure_channel(
+                    self.addr, options=[("grpc.use_local_subchannel_pool", 1)]
+                ) as channel:
                     stub = pricing_pb2_grpc.PricingServiceStub(channel)  # type: ignore[no-untyped-call]
-                    stream = stub.WatchPrices(ppb.WatchPricesRequest(since_version=self.version))
+                    request = ppb.WatchPricesRequest(
+                        since_version=self.version, max_prices_per_event=PRICES_PER_EVENT
+                    )
+                    stream = stub.WatchPrices(request)
                     async for event in stream:
-                        delay = self.retry_seconds  # connected: a later break retries quickly
-                        if event.HasField("price"):
-                            try:
-                                self.apply(event.price)
-                            except InvalidArgument as exc:  # one bad entry must not stop the feed
-                                log.error("prices.bad_version", version=event.price.version,
-                                          error=exc.message)  # fmt: skip
+                        self.events += 1
+                        delay, failures = self.retry_seconds, 0  # a later break retries quickly
+                        if event.HasField("price"):  # a server that does not batch
+                            self.apply_all([event.price])
+                        if event.prices:
+                            self.apply_all(event.prices)
                         if event.caught_up and not self.ready.is_set():
+                            self.load_seconds = time.monotonic() - started
                             self.ready.set()
                             log.info("prices.loaded", version=self.version,
-                                     models=len(self._history))  # fmt: skip
+                                     models=len(self._history), events=self.events,
+                                     seconds=round(self.load_seconds, 3))  # fmt: skip
             except grpc.aio.AioRpcError as exc:
-                log.warning("prices.stream_broken", code=exc.code().name, version=self.version,
-                            retry_in_seconds=delay)  # fmt: skip
+                failures += 1
+                # Before the first load every failure is retried at once-a-retry_seconds pace
+                # but logged only at 1, 2, 4, 8 ... failures: a pricing service that is down
+                # for an hour costs a dozen lines, not thousands.
+                if self.ready.is_set() or failures & (failures - 1) == 0:
+                    log.warning("prices.stream_broken", code=exc.code().name,
+                                version=self.version, loaded=self.ready.is_set(),
+                                failures=failures, retry_in_seconds=delay)  # fmt: skip
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            if self.ready.is_set():
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name="price-table")

@@ -174,18 +174,22 @@ class RefreshCatalogResponse(_message.Message):
     def __init__(self, sources: _Optional[_Iterable[_Union[SourceResult, _Mapping]]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class WatchPricesRequest(_message.Message):
-    __slots__ = ("since_version",)
+    __slots__ = ("since_version", "max_prices_per_event")
     SINCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_PRICES_PER_EVENT_FIELD_NUMBER: _ClassVar[int]
     since_version: int
-    def __init__(self, since_version: _Optional[int] = ...) -> None: ...
+    max_prices_per_event: int
+    def __init__(self, since_version: _Optional[int] = ..., max_prices_per_event: _Optional[int] = ...) -> None: ...
 
 class PriceEvent(_message.Message):
-    __slots__ = ("price", "caught_up")
+    __slots__ = ("price", "caught_up", "prices")
     PRICE_FIELD_NUMBER: _ClassVar[int]
     CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
+    PRICES_FIELD_NUMBER: _ClassVar[int]
     price: ModelPrice
     caught_up: bool
-    def __init__(self, price: _Optional[_Union[ModelPrice, _Mapping]] = ..., caught_up: _Optional[bool] = ...) -> None: ...
+    prices: _containers.RepeatedCompositeFieldContainer[ModelPrice]
+    def __init__(self, price: _Optional[_Union[ModelPrice, _Mapping]] = ..., caught_up: _Optional[bool] = ..., prices: _Optional[_Iterable[_Union[ModelPrice, _Mapping]]] = ...) -> None: ...
 
 class PriceOverride(_message.Message):
     __slots__ = ("org", "provider", "model", "discount_percent", "prices", "updated_at", "updated_by")
