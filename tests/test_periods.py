@@ -43,13 +43,15 @@ async def test_month_budget_resets_at_the_calendar_boundary_in_its_time_zone(
     spent = await reserve(budgets, org, usd("0.60"))
     await commit(budgets, org, spent.reservation_id, usd("0.60"))
     carried = await reserve(budgets, org, usd("0.30"))  # still held at the boundary
-    with pytest.raises(grpc.aio.AioRpcError):
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
         await reserve(budgets, org, usd("0.20"))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     # 04:30 UTC on Feb 1st is still January in New York: no reset.
     moved_clock.set_ms(ms(datetime(2026, 1, 31, 23, 30, tzinfo=NEW_YORK)))
-    with pytest.raises(grpc.aio.AioRpcError):
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
         await reserve(budgets, org, usd("0.20"))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     moved_clock.set_ms(ms(datetime(2026, 2, 1, 0, 0, 1, tzinfo=NEW_YORK)))
     st = await status(admin, org, "monthly")
