@@ -126,10 +126,14 @@ def _guard(handler: MethodHandler) -> MethodHandler:
         stream = handler.unary_stream
         if stream is None:
             return handler
-        if not getattr(stream, ANSWERS_UNDECODABLE, False):
-            if not inspect.isasyncgenfunction(stream):
-                return handler  # a method that writes with context.write: left as grpcio runs it
+        if getattr(stream, ANSWERS_UNDECODABLE, False):
+            pass
+        elif inspect.isasyncgenfunction(stream):
             stream = _answering_stream(stream)
+        elif inspect.iscoroutinefunction(stream):  # writes with context.write
+            stream = _answering_unary(stream)
+        else:
+            return handler  # a synchronous generator: left as grpcio runs it
         return grpc.unary_stream_rpc_method_handler(
             stream, request_deserializer=guarded, response_serializer=serialize
         )

@@ -121,9 +121,17 @@ async def test_pricing_methods_answer_undecodable_bytes_with_invalid_argument(pr
     assert found.model == "gpt-4o"
 
 
-async def test_health_check_with_corrupt_bytes_is_invalid_argument(channel):
+async def test_health_check_and_watch_with_corrupt_bytes_are_invalid_argument(channel):
     call = raw(channel, "/grpc.health.v1.Health/Check")
     await expect_invalid(call(CORRUPT), "request")
+    watch = channel.unary_stream(
+        "/grpc.health.v1.Health/Watch", request_serializer=None, response_deserializer=None
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in watch(CORRUPT):
+            pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_field(refused.value) == "request"
     reply = health_pb2.HealthCheckResponse.FromString(
         await call(health_pb2.HealthCheckRequest().SerializeToString())
     )
