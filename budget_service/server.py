@@ -41,7 +41,7 @@ from budget_service.ledger.recovery import EpochWatch, Rebuilder, prepare_data_s
 from budget_service.ledger.writer import LedgerWriter
 from budget_service.ops.metrics import MetricsServer, ServiceMetrics, StateCollector, Utilization
 from genproto.budget.v1 import budget_pb2, budget_pb2_grpc
-from servicekit import db, tracing
+from servicekit import db, serving, tracing
 from servicekit.clock import Clock, SystemClock
 from servicekit.errors import ConfigError
 from servicekit.periodic import Periodic
@@ -173,23 +173,19 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     watch.on_change = lambda lost: setattr(engine, "data_set_lost", lost)
     # Without reuse_port a second process on a taken address fails to start instead of
     # silently splitting the traffic with the first.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.reuse_port))])
+    server = serving.server(settings, [("grpc.so_reuseport", int(settings.reuse_port))])
     prices = PriceTable(settings.pricing_addr)
     prices.start()
     overrides = OrgOverrides(pool, settings.database_url)
     await overrides.start()
     budget_service = BudgetService(engine, settings, prices, overrides)
-    budget_pb2_grpc.add_BudgetServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        budget_service, server
-    )
+    serving.register(budget_pb2_grpc.add_BudgetServiceServicer_to_server, budget_service, server)
     admin = BudgetAdminService(repo, sync, redis, clock, engine.cache)
-    budget_pb2_grpc.add_BudgetAdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        admin, server
-    )
+    serving.register(budget_pb2_grpc.add_BudgetAdminServiceServicer_to_server, admin, server)
     registry = CollectorRegistry()
     budget_service.metrics = admin.metrics = ServiceMetrics(registry)
     health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    serving.register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )

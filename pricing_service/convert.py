@@ -14,12 +14,18 @@ from pricing_service.prices import (
     PER_MILLION_FIELDS,
     TIER_PRICE_FIELDS,
     ModelPrice,
+    canonical_decimal,
     decimal_str,
     price_problems,
 )
+from servicekit import validation as v
 from servicekit.errors import InvalidArgument
 
 PRICE_FIELDS = (*PER_MILLION_FIELDS, "request_fee")
+MAX_DECIMAL_LENGTH = 40  # "0.000000001" needs 11; a longer price is a mistake
+MAX_DECIMAL_PLACES = 18  # a nano-USD per token is 0.001 per million: far finer is a mistake
+MAX_ALIASES = 64
+MAX_TIERS = 16
 
 
 def _text(value: Decimal | None) -> str:
@@ -51,12 +57,26 @@ def to_proto(version: PriceVersion) -> pb.ModelPrice:
 def _decimal(field: str, text: str) -> str | None:
     if not text:
         return None
+    if len(text) > MAX_DECIMAL_LENGTH:
+        raise InvalidArgument(
+            field, f"is {len(text)} characters long; a price needs at most {MAX_DECIMAL_LENGTH}"
+        )
     try:
         value = Decimal(text)
     except ArithmeticError as exc:
-        raise InvalidArgument(field, f'{text!r} is not a decimal (e.g. "2.50")') from exc
+        raise InvalidArgument(field, f'{v.shown(text)} is not a decimal (e.g. "2.50")') from exc
     if not value.is_finite() or value < 0:
-        raise InvalidArgument(field, f"{text!r} must be a non-negative decimal")
+        raise InvalidArgument(field, f"{v.shown(text)} must be a non-negative decimal")
+    try:
+        exponent = canonical_decimal(value).as_tuple().exponent  # what the catalog stores
+    except ArithmeticError as exc:
+        raise InvalidArgument(
+            field, f"{v.shown(text)} has more digits than a price can keep exactly"
+        ) from exc
+    if isinstance(exponent, int) and exponent < -MAX_DECIMAL_PLACES:
+        raise InvalidArgument(
+            field, f"{v.shown(text)} has more than {MAX_DECIMAL_PLACES} decimal places"
+        )
     return text
 
 
@@ -108,7 +128,24 @@ def from_proto(message: pb.ModelPrice) -> ModelPrice:
         raise InvalidArgument("price.provider", "is required (e.g. openai)")
     if not message.model:
         raise InvalidArgument("price.model", "is required (e.g. gpt-4o)")
-    return _entry(message, required=True)
+    checked = pb.ModelPrice()
+    checked.CopyFrom(message)
+    checked.provider = v.check_value("price.provider", message.provider)
+    checked.model = v.check_value("price.model", message.model)
+    checked.mode = v.check_value("price.mode", message.mode)
+    if len(message.aliases) > MAX_ALIASES:
+        raise InvalidArgument(
+            "price.aliases", f"has {len(message.aliases)} names; at most {MAX_ALIASES}"
+        )
+    del checked.aliases[:]
+    checked.aliases.extend(
+        v.check_value(f"price.aliases[{i}]", alias) for i, alias in enumerate(message.aliases)
+    )
+    if len(message.prices.tiers) > MAX_TIERS:
+        raise InvalidArgument(
+            "price.prices.tiers", f"has {len(message.prices.tiers)} tiers; at most {MAX_TIERS}"
+        )
+    return _entry(checked, required=True)
 
 
 def explicit_prices_from_proto(field: str, prices: pb.Prices, provider: str,

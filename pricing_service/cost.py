@@ -51,6 +51,8 @@ class Usage:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"usage.{name} must be a non-negative int, got {value!r}")
+            if value > INT64_MAX:  # a sum of provider counts can pass what the wire carries
+                raise ValueError(f"usage.{name} is {value}, above {INT64_MAX} (int64)")
         if self.uncached_input_tokens < 0:
             raise ValueError(
                 "usage is inconsistent: cached_input_tokens + cache_write_tokens + "

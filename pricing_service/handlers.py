@@ -40,6 +40,7 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 WATCH_BATCH = 500  # versions per catalog query of a one-version-per-event stream
 MAX_PRICES_PER_EVENT = 1000  # about 300 KB per event, far below gRPC's 4 MB message limit
+MAX_PAGE_TOKEN = 1024  # ours encode provider/model: two values of at most 256 bytes
 
 
 def _lookup_error(exc: LookupError) -> ServiceError:
@@ -54,6 +55,21 @@ def _actor(context: Context) -> str:
         if key == "x-actor" and isinstance(value, str) and value:
             return v.check_value("x-actor", value)
     return f"peer:{context.peer()}"
+
+
+def _after(token: str) -> str:
+    """Where a ListModels page token says the next page starts ("" for the first page)."""
+    if not token:
+        return ""
+    try:
+        if len(token) > MAX_PAGE_TOKEN:
+            raise ValueError("longer than any token this service issues")
+        after = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, ValueError) as exc:  # UnicodeError is a ValueError
+        raise InvalidArgument("page_token", "pass next_page_token as it was given") from exc
+    if not after.isprintable():
+        raise InvalidArgument("page_token", "pass next_page_token as it was given")
+    return after
 
 
 class PricingService(pricing_pb2_grpc.PricingServiceServicer):
@@ -82,7 +98,8 @@ class PricingService(pricing_pb2_grpc.PricingServiceServicer):
     async def _resolve(self, model: str, provider: str) -> int:
         if not model:
             raise InvalidArgument("model", "is required (e.g. gpt-4o or openai/gpt-4o)")
-        v.check_value("model", model)
+        model = v.check_value("model", model)
+        provider = v.check_value("provider", provider)
         try:
             model_id, _, _ = await self.catalog.resolve(model, provider)
         except (UnknownModel, AmbiguousModel) as exc:
@@ -92,11 +109,16 @@ class PricingService(pricing_pb2_grpc.PricingServiceServicer):
     @rpc("GetPrice")
     async def GetPrice(self, request: pb.GetPriceRequest, context: Context) -> pb.ModelPrice:
         model_id = await self._resolve(request.model, request.provider)
-        at = request.at.ToDatetime(tzinfo=UTC) if request.HasField("at") else None
+        at = None
+        if request.HasField("at"):
+            try:
+                at = request.at.ToDatetime(tzinfo=UTC)
+            except (ValueError, OverflowError) as exc:
+                raise InvalidArgument("at", f"is not a valid timestamp: {exc}") from exc
         try:
             version = await self.catalog.price_at(model_id, at)
         except UnknownModel as exc:
-            raise NotFound(f"{request.model!r} had no price at that instant") from exc
+            raise NotFound(f"{v.shown(request.model)} had no price at that instant") from exc
         return to_proto(version)
 
     @rpc("ListModels")
@@ -106,12 +128,11 @@ class PricingService(pricing_pb2_grpc.PricingServiceServicer):
         if not 0 <= request.page_size <= MAX_PAGE:
             raise InvalidArgument("page_size", f"use 1 to {MAX_PAGE} (0 means {DEFAULT_PAGE})")
         size = request.page_size or DEFAULT_PAGE
-        try:
-            after = base64.urlsafe_b64decode(request.page_token.encode()).decode()
-        except (binascii.Error, UnicodeDecodeError) as exc:
-            raise InvalidArgument("page_token", "pass next_page_token as it was given") from exc
+        provider = v.check_value("provider", request.provider)
+        mode = v.check_value("mode", request.mode)
+        after = _after(request.page_token)
         rows = await self.catalog.current_models(
-            provider=request.provider, mode=request.mode, after=after, limit=size + 1
+            provider=provider, mode=mode, after=after, limit=size + 1
         )
         page = rows[:size]
         token = ""
@@ -149,7 +170,7 @@ class PricingService(pricing_pb2_grpc.PricingServiceServicer):
     @rpc("UpsertPrice")
     async def UpsertPrice(self, request: pb.UpsertPriceRequest, context: Context) -> pb.ModelPrice:
         price = from_proto(request.price)
-        actor = dict(context.invocation_metadata() or ()).get("x-actor") or context.peer()
+        actor = _actor(context).removeprefix("peer:")
         recorded = await self.catalog.record(price, source=f"admin:{actor}")
         if recorded is None:  # the same price again: answer the current version
             model_id, _, _ = await self.catalog.resolve(price.model, price.provider)
@@ -172,8 +193,8 @@ class PricingService(pricing_pb2_grpc.PricingServiceServicer):
         """(provider, model) of an override as stored: a model as its catalog entry's names."""
         provider_field, model_field = (f"{field}.{name}" if field else name
                                        for name in ("provider", "model"))  # fmt: skip
-        v.check_value(provider_field, provider)
-        v.check_value(model_field, model)
+        provider = v.check_value(provider_field, provider)
+        model = v.check_value(model_field, model)
         if model:
             try:
                 _, provider, model = await self.catalog.resolve(model, provider)

@@ -21,7 +21,7 @@ from pricing_service.feed import PriceFeed
 from pricing_service.handlers import PricingService
 from pricing_service.overrides_repo import OverrideRepository
 from pricing_service.sources import SourceRefresher, parse_source_list
-from servicekit import db
+from servicekit import db, serving
 from servicekit.errors import ConfigError
 from servicekit.periodic import Periodic
 from servicekit.settings import Settings
@@ -100,10 +100,10 @@ async def start(settings: Settings) -> PricingApp:
     feed = PriceFeed(settings.database_url)
     await feed.start()
     service = PricingService(catalog, feed, OverrideRepository(pool), refresher)
-    server = grpc.aio.server()
-    pricing_pb2_grpc.add_PricingServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    server = serving.server(settings)
+    serving.register(pricing_pb2_grpc.add_PricingServiceServicer_to_server, service, server)
     health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    serving.register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )

@@ -13,15 +13,20 @@
   candidates + thoughts; toolUsePromptTokenCount (tool results the model read) is input.
 
 Every error is a `UsageShapeError` whose message starts with the offending field's path.
+`from_json` reads the JSON text a caller sends, bounded: in bytes (checked before parsing), in
+nesting depth, and every count an int64, as the API carries them.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any, Literal
 
-from pricing_service.cost import Usage
+from pricing_service.cost import INT64_MAX, Usage
+
+MAX_JSON_DEPTH = 32  # a usage object nests three levels, a whole response about eight
 
 Shape = Literal["openai", "anthropic", "gemini"]
 
@@ -83,6 +88,10 @@ def _count(obj: Mapping[str, Any] | None, key: str, path: str, *, required: bool
         value = whole
     if value < 0:
         raise UsageShapeError(field, f"expected a non-negative integer, got {value}")
+    if value > INT64_MAX:
+        raise UsageShapeError(
+            field, f"is above {INT64_MAX}, the largest token count the API carries (int64)"
+        )
     return value
 
 
@@ -267,3 +276,53 @@ def normalize(obj: Mapping[str, Any], shape: Shape | None = None) -> Usage:
     if shape == "gemini":
         return from_gemini(obj)
     raise UsageShapeError("shape", f"unknown shape {shape!r}")
+
+
+def _json_int(digits: str) -> int | Decimal:
+    # Past int64's 19 digits a number is kept as a Decimal: exact, without Python's limit on
+    # converting long digit strings, and refused by _count naming its field.
+    return int(digits) if len(digits) <= 20 else Decimal(digits)
+
+
+def _depth(value: object) -> int:
+    """How deeply `value` (parsed JSON) nests, counted up to just past MAX_JSON_DEPTH."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            break  # deep enough to refuse: no need to walk the rest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def from_json(text: str, max_bytes: int) -> Usage:
+    """A provider's usage as JSON text (the usage object or a response holding it), normalized.
+
+    ValueError (UsageShapeError naming the field, where one is at fault) when it is larger than
+    `max_bytes` of UTF-8, not JSON, nested deeper than MAX_JSON_DEPTH, or not a usage.
+    """
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise ValueError(
+            f"is {size} bytes; at most {max_bytes} (MAX_USAGE_JSON_BYTES): send the provider's"
+            " usage object, not the whole response"
+        )
+    try:
+        data = json.loads(text, parse_int=_json_int)
+    except RecursionError:
+        raise ValueError(f"nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:
+        raise ValueError(f"is not JSON: {exc}") from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise ValueError(f"nests deeper than {MAX_JSON_DEPTH} levels")
+    if not isinstance(data, dict):
+        raise ValueError("must be a JSON object: the provider's usage or its response")
+    return normalize(data)

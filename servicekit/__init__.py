@@ -1,11 +1,13 @@
 """servicekit: the plumbing both services stand on, and nothing of either service.
 
 Owns: the RPC wrapper (one log line, metrics and a span per call, errors mapped to gRPC
-status), the error tree and its status mapping, request-field validation, the one settings
-object, the PostgreSQL pool and migrations runner, the process runner, periodic jobs, logging,
-the clock, tracing, and the health-check command (`python -m servicekit.healthcheck`).
+status), the gRPC server's construction (limits, undecodable requests), the error tree and its
+status mapping, request-field validation, the one settings object, the PostgreSQL pool and
+migrations runner, the process runner, periodic jobs, logging, the clock, tracing, and the
+health-check command (`python -m servicekit.healthcheck`).
 
     rpc.py          the wrapper every RPC method goes through
+    serving.py      the gRPC server: limits from the settings, undecodable requests answered
     errors.py       every error a service answers with, drawn as a tree; -> gRPC status
     validation.py   checks of request fields (ids, values, amounts, enums)
     settings.py     every setting, with its environment variable and default

@@ -13,6 +13,10 @@ ServiceError                          base; never raised itself
 A service adds its own errors as subclasses beside the code that raises them, each with its
 `code` and `details()`: budget_service/hotpath/errors.py (BudgetExceeded, RESOURCE_EXHAUSTED
 with QuotaFailure and ErrorInfo). `to_grpc_status` maps every one of them the same way.
+
+A caller's own input may end up in a message (a field name with a tag in it, a value quoted);
+messages and field names are cut to a bounded size in UTF-8 bytes so a status always fits in
+gRPC's trailers (16 KiB; past them the caller would see RESOURCE_EXHAUSTED instead).
 """
 
 from __future__ import annotations
@@ -21,6 +25,17 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+MESSAGE_MAX_BYTES = 1024
+FIELD_MAX_BYTES = 256
+
+
+def bounded(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` of UTF-8 (plus a marker), never inside a character."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return text
+    return data[:max_bytes].decode("utf-8", "ignore") + f"... ({len(data)} bytes)"
 
 
 class ServiceError(Exception):
@@ -53,7 +68,8 @@ class InvalidArgument(ServiceError):
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=self.field, description=self.description
+                        field=bounded(self.field, FIELD_MAX_BYTES),
+                        description=bounded(self.description, MESSAGE_MAX_BYTES),
                     )
                 ]
             )
@@ -105,7 +121,7 @@ def to_grpc_status(error: ServiceError) -> grpc.Status:
     """The gRPC status (code, message and rich details) a caller receives for `error`."""
     status = status_pb2.Status(
         code=getattr(code_pb2, error.code.name),
-        message=error.message,
+        message=bounded(error.message, MESSAGE_MAX_BYTES),
         details=error.details(),
     )
     return rpc_status.to_status(status)

@@ -12,8 +12,11 @@ import structlog
 
 from servicekit import tracing
 from servicekit.errors import ServiceError, to_grpc_status
+from servicekit.serving import ANSWERS_UNDECODABLE, Undecodable
 
 log = structlog.get_logger("servicekit.rpc")
+# A valid org is at most 128 characters; a longer one (refused) is logged cut to this.
+LOGGED_ORG_MAX = 128
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -22,20 +25,27 @@ Handler = Callable[[Any, Req, Context], Awaitable[Resp]]
 
 
 def _org(request: Any) -> str:
+    """The request's org as logs and spans show it: cut short when it is absurdly long."""
+    org = ""
     for path in ("org", "subject", "budget"):
         value = getattr(request, path, None)
         if isinstance(value, str):
-            return value
+            org = value
+            break
         if value is not None and hasattr(value, "org"):
-            return str(value.org)
-    return ""
+            org = str(value.org)
+            break
+    if len(org) > LOGGED_ORG_MAX:
+        return f"{org[:LOGGED_ORG_MAX]}...({len(org)} characters)"
+    return org
 
 
 def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
     """Log one line per call (method, org, outcome, latency) and map errors to gRPC status.
 
     The servicer's `metrics` (ServiceMetrics or None) counts the call under its `SERVICE`
-    name; with tracing on, the call runs in a span named `<SERVICE>/<method>`.
+    name; with tracing on, the call runs in a span named `<SERVICE>/<method>`. A request whose
+    bytes did not decode (servicekit.serving) is answered INVALID_ARGUMENT here.
     """
 
     def decorate(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
@@ -46,6 +56,8 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
             service: str = getattr(self, "SERVICE", "")
             org = _org(request)
             try:
+                if isinstance(request, Undecodable):
+                    raise request.error
                 with tracing.span(service, method, context, org):
                     return await handler(self, request, context)
             except ServiceError as err:
@@ -70,6 +82,7 @@ def rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
                     latency_ms=round(elapsed * 1000, 3),
                 )
 
+        setattr(wrapper, ANSWERS_UNDECODABLE, True)
         return wrapper
 
     return decorate

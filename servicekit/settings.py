@@ -10,6 +10,7 @@ from typing import Any
 from servicekit.errors import ConfigError
 
 TRUE_WORDS = ("1", "true", "yes", "on")  # a bool setting is true when it is one of these
+MIN_RECEIVE_MESSAGE_BYTES = 64 * 1024
 
 
 def _env(name: str, default: Any, help: str) -> Any:
@@ -87,6 +88,43 @@ class Settings:
     shutdown_grace_seconds: float = _env(
         "SHUTDOWN_GRACE_SECONDS", 10.0, "how long in-flight calls may finish on shutdown"
     )
+    max_usage_json_bytes: int = _env(
+        "MAX_USAGE_JSON_BYTES", 65536, "largest provider_usage_json a Commit may send (UTF-8 bytes)"
+    )
+    grpc_max_receive_message_bytes: int = _env(
+        "GRPC_MAX_RECEIVE_MESSAGE_BYTES",
+        4 * 1024 * 1024,
+        "largest request a server reads; a larger one is refused with RESOURCE_EXHAUSTED",
+    )
+    grpc_max_send_message_bytes: int = _env(
+        "GRPC_MAX_SEND_MESSAGE_BYTES", 16 * 1024 * 1024, "largest response a server sends"
+    )
+    grpc_max_concurrent_streams: int = _env(
+        "GRPC_MAX_CONCURRENT_STREAMS", 1000, "calls in flight per client connection; more wait"
+    )
+    grpc_max_connection_age_seconds: float = _env(
+        "GRPC_MAX_CONNECTION_AGE_SECONDS",
+        1800.0,
+        "clients are asked to reconnect after this, so load spreads to new replicas (0: never)",
+    )
+    grpc_max_connection_age_grace_seconds: float = _env(
+        "GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS",
+        30.0,
+        "calls still running on an aged connection may finish for this long",
+    )
+    grpc_keepalive_seconds: float = _env(
+        "GRPC_KEEPALIVE_SECONDS", 60.0, "how often a server pings a client to find dead peers"
+    )
+    grpc_keepalive_timeout_seconds: float = _env(
+        "GRPC_KEEPALIVE_TIMEOUT_SECONDS",
+        20.0,
+        "a peer that does not answer a ping in this is dropped",
+    )
+    grpc_min_client_ping_seconds: float = _env(
+        "GRPC_MIN_CLIENT_PING_SECONDS",
+        10.0,
+        "shortest client keepalive interval accepted; pinging more often is cut off",
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.max_amount_nanos < 2**53:
@@ -103,6 +141,23 @@ class Settings:
                      "ledger_outbox_limit"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be greater than 0")
+        for name in ("grpc_max_send_message_bytes", "grpc_max_concurrent_streams",
+                     "grpc_max_connection_age_grace_seconds", "grpc_keepalive_seconds",
+                     "grpc_keepalive_timeout_seconds", "grpc_min_client_ping_seconds"):  # fmt: skip
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.upper()} must be greater than 0")
+        if self.grpc_max_connection_age_seconds < 0:
+            raise ConfigError("GRPC_MAX_CONNECTION_AGE_SECONDS must be 0 (never) or more")
+        if self.grpc_max_receive_message_bytes < MIN_RECEIVE_MESSAGE_BYTES:
+            # Below this a valid request (a budget with 16 tags, a usage object) could be refused.
+            raise ConfigError(
+                f"GRPC_MAX_RECEIVE_MESSAGE_BYTES must be at least {MIN_RECEIVE_MESSAGE_BYTES}"
+            )
+        if not 0 < self.max_usage_json_bytes < self.grpc_max_receive_message_bytes:
+            raise ConfigError(
+                "MAX_USAGE_JSON_BYTES must be greater than 0 and below"
+                " GRPC_MAX_RECEIVE_MESSAGE_BYTES"
+            )
         if self.log_format not in ("json", "console"):
             raise ConfigError(f"LOG_FORMAT={self.log_format!r}: use json or console")
 

@@ -67,8 +67,9 @@ async def test_list_budgets_pages_through_every_budget_in_id_order(admin, org):
 
 async def test_delete_removes_the_budget_from_enforcement(budgets, admin, org):
     await upsert(admin, org, "tiny", 1)
-    with pytest.raises(grpc.aio.AioRpcError):
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
         await reserve(budgets, org, 2)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     await admin.DeleteBudget(pb.DeleteBudgetRequest(org=org, budget_id="tiny"))
     held = await reserve(budgets, org, 2)
     assert list(held.budgets) == []

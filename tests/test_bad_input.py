@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import grpc
 import pytest
 from google.protobuf import duration_pb2
@@ -57,6 +60,50 @@ BAD_RESERVES = [
         reserve_request(subject=pb.Subject(org=ORG, tags={"": "x"})),
         "subject.tags",
     ),
+    # Bounds are in UTF-8 bytes: 129 "é" are 129 characters but 258 bytes.
+    (
+        "user of 258 bytes",
+        reserve_request(subject=pb.Subject(org=ORG, user="\u00e9" * 129)),
+        "subject.user",
+    ),
+    (
+        "team of 3 MB",
+        reserve_request(subject=pb.Subject(org=ORG, team="t" * 3_000_000)),
+        "subject.team",
+    ),
+    (
+        "tag name of 65 bytes",
+        reserve_request(subject=pb.Subject(org=ORG, tags={"k" * 65: "x"})),
+        "subject.tags",
+    ),
+    (
+        "tag value of 257 bytes",
+        reserve_request(subject=pb.Subject(org=ORG, tags={"env": "v" * 257})),
+        "subject.tags['env']",
+    ),
+    (
+        "17 tags",
+        reserve_request(subject=pb.Subject(org=ORG, tags={f"k{i}": "x" for i in range(17)})),
+        "subject.tags",
+    ),
+    (
+        "subject of 4,288 bytes",  # 16 x ("tag:" + 64 + 200): each part within its own bound
+        reserve_request(
+            subject=pb.Subject(org=ORG, tags={f"{i:02d}" + "k" * 62: "v" * 200 for i in range(16)})
+        ),
+        "subject",
+    ),
+    (
+        "one tag name in two Unicode forms",
+        reserve_request(subject=pb.Subject(org=ORG, tags={"\u00e9": "a", "e\u0301": "b"})),
+        "subject.tags['\u00e9']",
+    ),
+    (
+        "reservation id of 129 bytes",
+        reserve_request(reservation_id="r" * 129),
+        "reservation_id",
+    ),
+    ("non-ASCII reservation id", reserve_request(reservation_id="r\u00e9"), "reservation_id"),
 ]
 
 
@@ -166,6 +213,31 @@ BAD_BUDGETS = [
         pb.Budget(org=ORG, id="b", limit_nanos=1, overdraft_nanos=-5),
         "budget.overdraft_nanos",
     ),
+    (
+        "selector value of 258 bytes",
+        pb.Budget(org=ORG, id="b", limit_nanos=1, selector={"user": "\u00e9" * 129}),
+        "budget.selector['user']",
+    ),
+    (
+        "selector tag name of 65 bytes",
+        pb.Budget(org=ORG, id="b", limit_nanos=1, selector={"tag:" + "k" * 65: "x"}),
+        "budget.selector['tag:kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk'...]",
+    ),
+    (
+        "selector with 17 tags",
+        pb.Budget(org=ORG, id="b", limit_nanos=1, selector={f"tag:k{i}": "x" for i in range(17)}),
+        "budget.selector",
+    ),
+    (
+        "selector naming one tag in two Unicode forms",
+        pb.Budget(org=ORG, id="b", limit_nanos=1, selector={"tag:\u00e9": "a", "tag:e\u0301": "b"}),
+        "budget.selector['tag:\u00e9']",
+    ),
+    (
+        "time zone of 6,000 characters",  # once echoed whole: the status overflowed the trailers
+        pb.Budget(org=ORG, id="b", limit_nanos=1, timezone="Europe/" * 857),
+        "budget.timezone",
+    ),
 ]
 
 
@@ -202,6 +274,36 @@ async def test_bad_page_token_and_size_are_refused(admin):
             await admin.ListBudgets(request)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert bad_field(refused.value) == field
+
+
+def forged_token(after: str) -> str:
+    """A page token in this service's own format, carrying what a forger chose."""
+    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode()
+
+
+FORGED_TOKENS = [
+    ("an Arabic-Indic digit", "ListReservations", forged_token("\u0663")),  # not 3 to us
+    ("a superscript digit", "ListReservations", forged_token("\u00b2")),  # isdigit(), no int
+    ("a position past Redis", "ListReservations", forged_token("9" * 30)),
+    ("5000 digits", "ListReservations", forged_token("9" * 5000)),
+    ("a NUL in a budget id", "ListBudgets", forged_token("a\u0000b")),
+    ("not base64", "ListBudgets", "\u0663" * 8),
+    ("longer than ours", "ListBudgets", forged_token("x") * 100),
+]
+LIST_REQUESTS = {
+    "ListReservations": pb.ListReservationsRequest,
+    "ListBudgets": pb.ListBudgetsRequest,
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "method", "token"), FORGED_TOKENS, ids=[c[0] for c in FORGED_TOKENS]
+)
+async def test_forged_page_token_is_refused(admin, org_budget, case, method, token):
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await getattr(admin, method)(LIST_REQUESTS[method](org=ORG, page_token=token))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
+    assert bad_field(refused.value) == "page_token"
 
 
 async def test_valid_reserve_after_all_bad_ones_still_works(budgets, admin, org_budget):

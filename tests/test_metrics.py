@@ -46,8 +46,9 @@ async def test_metrics_count_calls_admissions_refusals_and_utilization(
     held = await reserve(budgets, org, usd("0.40"))
     await budgets.Commit(pb.CommitRequest(org=org, reservation_id=held.reservation_id,
                                           actual_nanos=usd("0.40")))  # fmt: skip
-    with pytest.raises(grpc.aio.AioRpcError):
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
         await reserve(budgets, org, usd("0.70"))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     await app.utilization.refresh(app.redis, app.engine.cache, clock)
     after = await asyncio.to_thread(scrape, app)
 

@@ -515,6 +515,8 @@ async def test_bad_request_is_invalid_argument_naming_the_field(
 async def test_unknown_group_by_key_lists_the_valid_keys(admin: AdminStub, org: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await admin.GetSpendReport(request(org, "2024-03-04", "2024-03-05", group_by=("color",)))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_field(caught.value) == "group_by"
     assert "team, project, user, provider, model, tag:<name>" in str(caught.value.details())
 
 
@@ -535,4 +537,5 @@ async def test_too_many_hour_buckets_is_refused_with_advice_to_use_a_coarser_gra
 async def test_missing_org_is_invalid_argument_naming_org(admin: AdminStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await admin.GetSpendReport(request("", "2024-03-04", "2024-03-05"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_field(caught.value) == "org"

@@ -57,6 +57,7 @@ async def test_refusal_names_every_refusing_budget(budgets, admin, org):
     await upsert(admin, org, "openai", usd("5"), selector={"provider": "openai"})
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await reserve(budgets, org, usd("0.02"), user="u1", provider="openai")
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     subjects = sorted(v.subject for v in quota_failure(refused.value).violations)
     assert subjects == ["org-cap", "user-u1"]
 
@@ -135,6 +136,7 @@ async def test_budget_limits_above_two_to_the_53_nanos_compare_exactly(budgets, 
     room = st.remaining_nanos
     assert room == 2**53 + 1 - 9 * max_one
     await reserve(budgets, org, room, team="t")
-    with pytest.raises(grpc.aio.AioRpcError):
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
         await reserve(budgets, org, 1, team="t")
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert (await status(admin, org, "huge")).reserved_nanos == 2**53 + 1

@@ -32,8 +32,11 @@ async def wait_serving(addr: str, proc: subprocess.Popen[bytes]) -> None:
                 reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
-            except grpc.aio.AioRpcError:
-                pass
+            except grpc.aio.AioRpcError as exc:
+                # Not listening yet, or not answering within the second: try again.
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                      grpc.StatusCode.DEADLINE_EXCEEDED):  # fmt: skip
+                    raise
             await asyncio.sleep(0.1)
     raise AssertionError("the service did not become SERVING in time")
 

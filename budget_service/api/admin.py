@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 
 import redis.asyncio as aioredis
 
@@ -27,6 +28,8 @@ from servicekit.rpc import Context, rpc
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+MAX_PAGE_TOKEN = 512  # ours encode one id (at most 128 bytes) or an offset
+OFFSET_RE = re.compile(r"[0-9]{1,15}")  # a position in a sorted set, far below int64
 
 
 def _actor(context: Context) -> str:
@@ -50,15 +53,19 @@ def _page_token(after_id: str) -> str:
 
 
 def _after_id(token: str) -> str:
+    """What a page token of ours carries (a budget id, or an offset in digits); "" for none."""
     if not token:
         return ""
     try:
-        after = json.loads(base64.urlsafe_b64decode(token.encode()))["after"]
+        if len(token) > MAX_PAGE_TOKEN:
+            raise ValueError("longer than any token this service issues")
+        after = json.loads(base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True))
+        after = after["after"]
     except (binascii.Error, ValueError, KeyError, TypeError) as exc:
         raise InvalidArgument(
             "page_token", "is not a token this service issued; pass next_page_token as is"
         ) from exc
-    if not isinstance(after, str):
+    if not isinstance(after, str) or not (after == "" or v.ID_RE.fullmatch(after)):
         raise InvalidArgument("page_token", "is not a token this service issued")
     return after
 
@@ -77,6 +84,16 @@ def _overage_commits(recorded: str) -> list[pb.OverageCommit]:
             )
         )
     return out
+
+
+def _offset(token: str) -> int:
+    """The position a ListReservations page token carries: ASCII digits only ("٣" is not 3)."""
+    after = _after_id(token)
+    if not after:
+        return 0
+    if not OFFSET_RE.fullmatch(after):
+        raise InvalidArgument("page_token", "is not a token this service issued")
+    return int(after)
 
 
 class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
@@ -191,10 +208,7 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
     ) -> pb.ListReservationsResponse:
         org = v.require_id("org", request.org)
         size = _page_size(request.page_size)
-        after = _after_id(request.page_token)
-        if not after.isdigit() and after:
-            raise InvalidArgument("page_token", "is not a token this service issued")
-        offset = int(after or 0)
+        offset = _offset(request.page_token)
         ids: list[str] = await redis_call(
             self.client.zrange(keys.expiries(org), offset, offset + size)
         )

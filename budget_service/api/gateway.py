@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 
 import structlog
 from google.protobuf import duration_pb2
@@ -21,7 +20,7 @@ from pricing_service.convert import usage_from_proto, usage_to_proto
 from pricing_service.cost import cost_nanos, max_output_for_hold, reserve_estimate_nanos
 from pricing_service.overrides import PriceOverride, price_for
 from pricing_service.prices import ModelPrice
-from pricing_service.usage_shapes import UsageShapeError, normalize
+from pricing_service.usage_shapes import from_json
 from servicekit import validation as v
 from servicekit.errors import FailedPrecondition, InvalidArgument, Unavailable
 from servicekit.rpc import Context, rpc
@@ -258,11 +257,8 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
             usage_from_proto("usage", request.usage)  # validates: totals include their details
             return request.usage
         try:
-            data = json.loads(request.provider_usage_json)
-            if not isinstance(data, dict):
-                raise ValueError("must be a JSON object: the provider's usage or its response")
-            shaped = normalize(data)
-        except (ValueError, UsageShapeError) as exc:
+            shaped = from_json(request.provider_usage_json, self.settings.max_usage_json_bytes)
+        except ValueError as exc:  # UsageShapeError too: its message names the JSON field
             raise InvalidArgument("provider_usage_json", str(exc)) from exc
         return usage_to_proto(shaped)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfoNotFoundError
 
@@ -15,6 +16,7 @@ MAX_LIMIT_NANOS = 2**62  # int64 counters then have room for holds and overage o
 # $1,000 per million tokens: the catalog's own bound for an absurd (unit-mistake) price
 MAX_DEFAULT_PRICE_NANOS_PER_MILLION = 1_000 * 10**9
 DEFAULT_THRESHOLDS = (50, 75, 90, 100)
+MAX_TIMEZONE_LENGTH = 64  # the longest IANA name, America/Argentina/ComodRivadavia, has 32
 SELECTOR_KEYS = ("team", "project", "user", "provider", "model")  # and "tag:<name>"
 MODE_NAMES: dict[int, str] = {pb.MODE_HARD: "hard", pb.MODE_SOFT: "soft", pb.MODE_SHADOW: "shadow"}
 MODES_BY_NAME = {name: mode for mode, name in MODE_NAMES.items()}
@@ -42,7 +44,10 @@ class BudgetConfig:
     pairs: frozenset[tuple[str, str]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "pairs", frozenset(self.selector.items()))
+        # In NFC like every subject (validation.nfc), so a budget stored before selectors were
+        # normalized at upsert still covers the requests it was meant to.
+        pairs = frozenset((v.nfc(key), v.nfc(value)) for key, value in self.selector.items())
+        object.__setattr__(self, "pairs", pairs)
 
     def applies_to(self, subject_pairs: frozenset[tuple[str, str]]) -> bool:
         """True when every selector pair is in the subject."""
@@ -118,34 +123,56 @@ class BudgetConfig:
 
 
 def subject_pairs(subject: pb.Subject) -> frozenset[tuple[str, str]]:
-    """The subject as selector pairs; validates every value on the way."""
-    pairs = []
+    """The subject as selector pairs, validated, bounded and in NFC (see servicekit.validation)."""
+    pairs: dict[str, str] = {}
     for name in SELECTOR_KEYS:
         value = getattr(subject, name)
         if value:
-            pairs.append((name, v.check_value(f"subject.{name}", value)))
+            pairs[name] = v.check_value(f"subject.{name}", value)
+    if len(subject.tags) > v.MAX_TAGS:
+        raise InvalidArgument(
+            "subject.tags", f"has {len(subject.tags)} tags; at most {v.MAX_TAGS} are allowed"
+        )
     for key, value in subject.tags.items():
-        if not key:
-            raise InvalidArgument("subject.tags", "has an empty tag name")
-        v.check_value(f"subject.tags[{key[:40]!r}]", key)
-        pairs.append((f"tag:{key}", v.check_value(f"subject.tags[{key!r}]", value)))
-    return frozenset(pairs)
+        name = v.check_tag_name("subject.tags", key)
+        field = f"subject.tags[{v.shown(name)}]"
+        if f"tag:{name}" in pairs:
+            raise InvalidArgument(field, "is given twice (the same name in two Unicode forms)")
+        pairs[f"tag:{name}"] = v.check_value(field, value)
+    v.check_size("subject", pairs)
+    return frozenset(pairs.items())
+
+
+def _selector(selector: Mapping[str, str]) -> dict[str, str]:
+    """A budget's selector validated, bounded and in NFC, as it is stored."""
+    out: dict[str, str] = {}
+    tags = 0
+    for key, value in selector.items():
+        if key.startswith("tag:"):
+            tags += 1
+            key = "tag:" + v.check_tag_name(f"budget.selector[{v.shown(key)}]", key[4:])
+        elif key not in SELECTOR_KEYS:
+            raise InvalidArgument(
+                f"budget.selector[{v.shown(key)}]",
+                "unknown key; use team, project, user, provider, model or tag:<name>",
+            )
+        field = f"budget.selector[{v.shown(key)}]"
+        if not value:
+            raise InvalidArgument(field, "needs a value")
+        if key in out:
+            raise InvalidArgument(field, "is given twice (the same name in two Unicode forms)")
+        out[key] = v.check_value(field, value)
+    if tags > v.MAX_TAGS:
+        raise InvalidArgument("budget.selector", f"has {tags} tags; at most {v.MAX_TAGS}")
+    v.check_size("budget.selector", out)
+    return out
 
 
 def validate_budget(budget: pb.Budget) -> pb.Budget:
     """A copy of `budget` with defaults filled in, or InvalidArgument naming the field."""
     v.require_id("budget.org", budget.org)
     v.require_id("budget.id", budget.id)
-    for key, value in budget.selector.items():
-        name = key[4:] if key.startswith("tag:") else None
-        if key not in SELECTOR_KEYS and not name:
-            raise InvalidArgument(
-                f"budget.selector[{key[:40]!r}]",
-                "unknown key; use team, project, user, provider, model or tag:<name>",
-            )
-        if not value:
-            raise InvalidArgument(f"budget.selector[{key!r}]", "needs a value")
-        v.check_value(f"budget.selector[{key!r}]", value)
+    selector = _selector(budget.selector)
     if budget.limit_nanos < 0 or budget.limit_nanos > MAX_LIMIT_NANOS:
         raise InvalidArgument(
             "budget.limit_nanos", f"is {budget.limit_nanos}; use 0 to {MAX_LIMIT_NANOS} nano-USD"
@@ -161,14 +188,19 @@ def validate_budget(budget: pb.Budget) -> pb.Budget:
     v.check_enum("budget.mode", budget.mode, dict(pb.Mode.items()))
     out = pb.Budget()
     out.CopyFrom(budget)
+    out.selector.clear()
+    out.selector.update(selector)
     out.period = budget.period or pb.PERIOD_MONTH
     out.mode = budget.mode or pb.MODE_HARD
     out.timezone = budget.timezone or "UTC"
     try:
+        if len(out.timezone) > MAX_TIMEZONE_LENGTH:
+            raise ValueError("no IANA name is this long")
         zone(out.timezone)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
         raise InvalidArgument(
-            "budget.timezone", f"{out.timezone!r} is not an IANA time zone (e.g. Europe/Paris)"
+            "budget.timezone",
+            f"{v.shown(out.timezone)} is not an IANA time zone (e.g. Europe/Paris)",
         ) from exc
     thresholds = list(budget.alert_thresholds_percent) or list(DEFAULT_THRESHOLDS)
     for t in thresholds:

@@ -134,19 +134,19 @@ def parse_request(request: pb.GetSpendReportRequest) -> ReportQuery:
 def _group_by(keys: list[str]) -> tuple[str, ...]:
     if len(keys) > MAX_GROUP_KEYS:
         raise InvalidArgument("group_by", f"has {len(keys)} keys; at most {MAX_GROUP_KEYS}")
-    seen: set[str] = set()
+    checked: list[str] = []
     for key in keys:
         if key.startswith("tag:"):
-            name = key[4:]
-            if not name:
+            if not key[4:]:
                 raise InvalidArgument("group_by", "'tag:' needs a tag name, e.g. tag:env")
-            v.check_value("group_by", name)
+            # In NFC, as the ledger records subjects' tags.
+            key = "tag:" + v.check_tag_name("group_by", key[4:])
         elif key not in COLUMNS:
-            raise InvalidArgument("group_by", f"unknown key {key[:40]!r}; use {VALID_KEYS}")
-        if key in seen:
-            raise InvalidArgument("group_by", f"lists {key[:40]!r} twice")
-        seen.add(key)
-    return tuple(keys)
+            raise InvalidArgument("group_by", f"unknown key {v.shown(key)}; use {VALID_KEYS}")
+        if key in checked:
+            raise InvalidArgument("group_by", f"lists {v.shown(key)} twice")
+        checked.append(key)
+    return tuple(checked)
 
 
 def _timestamp(field: str, stamp: timestamp_pb2.Timestamp, present: bool) -> dt.datetime:
