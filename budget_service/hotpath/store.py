@@ -37,6 +37,7 @@ SCRIPT_NAMES = (
     "sync_org",
     "snapshot",
     "restore",
+    "ledger_trim",
 )
 
 

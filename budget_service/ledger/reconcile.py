@@ -70,18 +70,23 @@ WHERE f.org = $1
 GROUP BY f.budget_uid
 """
 
-# Reservations with a reserve event and no ending one. Event ids are "<type>:<id>@<created>",
-# so the ending events of a reserve event "reserve:<rest>" are "<type>:<rest>".
+# Reservations with a reserve event and no ending one. A reservation's events share its
+# (org, reservation_id, created_ms): an id reused after the first one was forgotten is another
+# reservation. A hold moved by `extend` expires at the latest extend's time.
 OPEN_HOLDS = """
-SELECT r.reservation_id, r.amount_nanos, r.budget_uids, r.expires_at_ms, r.at, r.price_ref,
-       r.fingerprint, r.subject
+SELECT r.reservation_id, r.amount_nanos, r.budget_uids,
+       coalesce((SELECT x.expires_at_ms FROM ledger_events x
+                 WHERE x.org = r.org AND x.reservation_id = r.reservation_id
+                   AND x.created_ms = r.created_ms AND x.type = 'extend'
+                 ORDER BY x.at DESC, x.expires_at_ms DESC LIMIT 1),
+                r.expires_at_ms) AS expires_at_ms,
+       r.at, r.price_ref, r.fingerprint, r.subject
 FROM ledger_events r
 WHERE r.org = $1 AND r.type = 'reserve'
   AND NOT EXISTS (
       SELECT 1 FROM ledger_events x
-      WHERE x.org = r.org
-        AND x.event_id IN ('commit:' || substr(r.event_id, 9), 'release:' || substr(r.event_id, 9),
-                           'expire:' || substr(r.event_id, 9)))
+      WHERE x.org = r.org AND x.reservation_id = r.reservation_id
+        AND x.created_ms = r.created_ms AND x.type IN ('commit', 'release', 'expire'))
 ORDER BY r.reservation_id
 """
 
