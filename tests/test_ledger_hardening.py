@@ -15,10 +15,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import random
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -32,8 +36,10 @@ from budget_service.ledger.writer import LedgerEvent, LedgerWriter, insert_event
 from genproto.budget.v1 import budget_pb2 as pb
 from servicekit.validation import VALUE_MAX
 from tests.conftest import Stack
-from tests.helpers import reserve, upsert, usd
+from tests.helpers import reserve, rid, upsert, usd
 from tests.test_ledger import ledger_rows, scrape
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # CJK Unified Ideographs Extension B: every code point assigned and printable, four bytes each
 # in UTF-8.
@@ -153,6 +159,64 @@ async def test_an_org_whose_stream_cannot_be_read_does_not_stop_the_others(
     finally:
         await app.redis.srem(keys.ORGS, broken)  # type: ignore[misc]
         await app.redis.delete(keys.ledger(broken))
+
+
+@pytest.fixture
+def ctl(stack: Stack) -> Callable[..., Awaitable[tuple[int, str, str]]]:
+    """Run budgetctl against the run's stores: ctl("ledger", ...) -> (code, out, err)."""
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        env = {**os.environ, "DATABASE_URL": stack.postgres.url, "REDIS_URL": stack.redis.url}
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "budgetctl", *args], cwd=ROOT, env=env,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        return done.returncode, done.stdout, done.stderr
+
+    return run
+
+
+async def test_a_dead_letter_is_shown_and_once_its_cause_is_fixed_requeued_and_stored(
+    paused_writer, budgets, admin, ctl, org
+):
+    app = paused_writer
+    await upsert(admin, org, "cap", usd("10"))
+    refused = rid()
+    # A cause outside the event (a faulty migration, say): a constraint refuses one reservation.
+    constraint = f"test_refuses_{uuid.uuid4().hex[:8]}"
+    await app.pool.execute(
+        f"ALTER TABLE ledger_events ADD CONSTRAINT {constraint}"
+        f" CHECK (reservation_id <> '{refused}') NOT VALID"
+    )
+    writer = LedgerWriter(app.redis, app.pool, consumer="requeuer")
+    try:
+        await reserve(budgets, org, usd("0.25"), reservation_id=refused)
+        await reserve(budgets, org, usd("0.10"))
+        created = await app.redis.hget(keys.reservation(org, refused), "created")  # type: ignore[misc]
+        await writer.drain_until_empty()
+        assert await ledger_rows(app, org) == {"reserve": 1}
+        # The counters hold what the ledger lacks, and reconciliation says so.
+        [gap] = await reconcile.compare(app.engine.scripts, app.pool, org=org)
+        assert (gap.counter, gap.redis_nanos - gap.ledger_nanos) == ("reserved", usd("0.25"))
+        code, out, err = await ctl("ledger", "dead-letters", "--org", org, "--format", "json")
+        assert code == 1, err
+        [shown] = json.loads(out)
+        assert (shown["reason"], shown["event_id"], shown["fields"]["amt"]) == (
+            "rejected", f"reserve|{refused}|{created}", str(usd("0.25")))  # fmt: skip
+        assert constraint in shown["error"] and "23514" in shown["error"]
+        code, out, _ = await ctl("ledger", "dead-letters", "--org", org)
+        assert code == 1 and refused in out and "budgetctl ledger requeue" in out
+    finally:
+        await app.pool.execute(f"ALTER TABLE ledger_events DROP CONSTRAINT {constraint}")
+    code, _, err = await ctl("ledger", "requeue", "--org", org, "--id", "-1")
+    assert code == 3 and "-1" in err
+    code, out, err = await ctl("ledger", "requeue", "--org", org, "--all")
+    assert code == 0 and out.count("requeued dead letter") == 1, err
+    await writer.drain_until_empty()
+    assert await ledger_rows(app, org) == {"reserve": 2}
+    assert await reconcile.compare(app.engine.scripts, app.pool, org=org) == []
+    code, out, _ = await ctl("ledger", "dead-letters", "--org", org)
+    assert (code, out.strip()) == (0, "(none)")
 
 
 class SplitPipeline:

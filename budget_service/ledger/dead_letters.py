@@ -146,29 +146,42 @@ async def list_dead_letters(
     return [_stored(r) for r in await pool.fetch(LIST, org, limit)]
 
 
+class _NotFound(Exception):
+    def __init__(self, ids: list[int]) -> None:
+        super().__init__(ids)
+        self.ids = ids
+
+
 async def requeue(
     pool: asyncpg.Pool, redis: aioredis.Redis, org: str, ids: list[int] | None
 ) -> tuple[list[tuple[int, str]], list[int]]:
     """Append dead letters of `org` (those in `ids`, or all when None) to its outbox again and
-    remove them from the table; answers ((dead letter id, new stream id) ..., ids not found).
+    remove them from the table; answers ((dead letter id, new stream id) ...) and the ids that
+    are not dead letters of `org` (then nothing is requeued).
 
     The rows are removed in the transaction that appends the entries: if an append fails,
     nothing is removed (an entry appended twice is stored once, by its event id).
     """
     stream = keys.ledger(org)
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            "DELETE FROM ledger_dead_letters WHERE org = $1 AND ($2::bigint[] IS NULL"
-            " OR id = ANY($2)) RETURNING id, entry",
-            org,
-            ids,
-        )
-        done = []
-        for row in sorted(rows, key=lambda r: int(r["id"])):
-            entry: dict[Any, Any] = json.loads(row["entry"])
-            done.append((int(row["id"]), str(await redis.xadd(stream, entry))))
-        if done:
-            # the writer drains the orgs of this set; an org with an outbox is always in it
-            await redis.sadd(keys.ORGS, org)
-    found = {i for i, _ in done}
-    return done, [i for i in ids or [] if i not in found]
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "DELETE FROM ledger_dead_letters WHERE org = $1 AND ($2::bigint[] IS NULL"
+                " OR id = ANY($2)) RETURNING id, entry",
+                org,
+                ids,
+            )
+            found = {int(r["id"]) for r in rows}
+            missing = sorted({i for i in ids or [] if i not in found})
+            if missing:
+                raise _NotFound(missing)  # rolls the deletion back
+            done = []
+            for row in sorted(rows, key=lambda r: int(r["id"])):
+                entry: dict[Any, Any] = json.loads(row["entry"])
+                done.append((int(row["id"]), str(await redis.xadd(stream, entry))))
+            if done:
+                # the writer drains the orgs of this set; an org with an outbox is always in it
+                await redis.sadd(keys.ORGS, org)
+    except _NotFound as exc:
+        return [], exc.ids
+    return done, []
