@@ -1,8 +1,8 @@
 """budgetctl: operate the budget authority from a shell or a script.
 
 Exit codes a script can rely on:
-  0  done (reconcile: no differences)
-  1  reconcile found differences
+  0  done (reconcile: no differences; ledger dead-letters: none)
+  1  reconcile found differences; ledger dead-letters found some
   2  bad usage (a flag or value is wrong; the message names it)
   3  the service refused the request (bad argument, not found, ...); the message is the service's
   4  the service or a store could not be reached
@@ -19,7 +19,7 @@ import sys
 import grpc
 import grpc.aio
 
-from budgetctl import budgets, prices, report
+from budgetctl import budgets, ledger, prices, report
 from budgetctl.output import EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, UNREACHABLE, UsageError
 
 EPILOG = """examples:
@@ -35,13 +35,15 @@ EPILOG = """examples:
   budgetctl report --org acme --from 2026-11-01 --to 2026-12-01 --group-by provider --format csv
   budgetctl reconcile            # Redis counters vs the PostgreSQL ledger; exit 1 on differences
   budgetctl reconcile --rebuild  # after Redis lost its data: counters and holds from the ledger
+  budgetctl ledger dead-letters  # events the ledger set aside; exit 1 when there are any
+  budgetctl ledger requeue --org acme --all   # once their cause is fixed
 
 Addresses: --addr (else $BUDGET_ADDR, else 127.0.0.1:50051) and --pricing-addr (else
-$PRICING_ADDR, else 127.0.0.1:50052). reconcile talks to the stores directly and reads
-REDIS_URL and DATABASE_URL. Amounts print in dollars (exact) and nano-USD in JSON.
+$PRICING_ADDR, else 127.0.0.1:50052). reconcile and ledger talk to the stores directly and
+read REDIS_URL and DATABASE_URL. Amounts print in dollars (exact) and nano-USD in JSON.
 
-exit codes: 0 done, 1 reconcile found differences, 2 bad usage, 3 the service refused the
-request, 4 the service or a store unreachable.
+exit codes: 0 done, 1 reconcile found differences or ledger dead-letters found some, 2 bad
+usage, 3 the service refused the request, 4 the service or a store unreachable.
 """
 
 
@@ -83,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
     budgets.add_parsers(sub)
     prices.add_parsers(sub, instant)
     report.add_parser(sub, instant)
+    ledger.add_parsers(sub)
     rec = sub.add_parser(
         "reconcile",
         help="compare Redis counters with the ledger (or --rebuild them from it)",
@@ -101,6 +104,8 @@ async def dispatch(args: argparse.Namespace) -> int:
         return await budgets.run(args)
     if args.command == "prices":
         return await prices.run(args)
+    if args.command == "ledger":
+        return await ledger.run(args)
     return await report.run_report(args)
 
 

@@ -134,3 +134,14 @@ _orgs = itertools.count()
 def org() -> str:
     """A fresh org per test, so tests never see each other's budgets or counters."""
     return f"org-{next(_orgs)}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def paused_writer(app: server.App) -> AsyncIterator[server.App]:
+    """The session service with its ledger writer stopped (restarted afterwards)."""
+    job = next(j for j in app.background if j.name == "ledger-writer")
+    await job.stop()
+    try:
+        yield app
+    finally:
+        job.start()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.request
-from collections.abc import AsyncIterator
-
-import pytest
 
 from budget_service import server
 from budget_service.hotpath import keys
@@ -14,17 +12,6 @@ from budget_service.ledger import reconcile
 from budget_service.ledger.writer import LedgerEvent, LedgerWriter, insert_events
 from genproto.budget.v1 import budget_pb2 as pb
 from tests.helpers import reserve, rid, upsert, usd
-
-
-@pytest.fixture
-async def paused_writer(app: server.App) -> AsyncIterator[server.App]:
-    """The session service with its ledger writer stopped (restarted afterwards)."""
-    job = next(j for j in app.background if j.name == "ledger-writer")
-    await job.stop()
-    try:
-        yield app
-    finally:
-        job.start()
 
 
 async def ledger_rows(app: server.App, org: str) -> dict[str, int]:
@@ -200,8 +187,9 @@ async def test_an_unreadable_outbox_entry_is_set_aside_and_the_rest_written(
     await reserve(budgets, org, usd("0.02"))
     writer = LedgerWriter(app.redis, app.pool, consumer="careful")
     await writer.drain_until_empty()
-    assert writer.stats.malformed == 1
+    assert writer.stats.malformed == writer.stats.dead_lettered == 1
     assert await ledger_rows(app, org) == {"reserve": 2}
-    [(_, kept)] = await app.redis.xrange(keys.ledger_malformed(org))
-    assert kept["e"] == "not an event" and "error" in kept
+    [kept] = await app.pool.fetch("SELECT * FROM ledger_dead_letters WHERE org = $1", org)
+    assert (kept["reason"], kept["event_id"]) == ("malformed", "")
+    assert json.loads(kept["entry"]) == {"e": "not an event"} and "ValueError" in kept["error"]
     assert await reconcile.compare(app.engine.scripts, app.pool, org=org) == []

@@ -73,7 +73,7 @@ async def record(
                 'INSERT INTO spend_daily (org, day, team, project, "user", provider, model, tags,'
                 " cost_nanos, requests, input_tokens, output_tokens)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12)"
-                ' ON CONFLICT (org, day, team, project, "user", provider, model, tags) DO UPDATE'
+                " ON CONFLICT (org, day, dims_hash) DO UPDATE"
                 " SET cost_nanos = spend_daily.cost_nanos + excluded.cost_nanos,"
                 " requests = spend_daily.requests + excluded.requests,"
                 " input_tokens = spend_daily.input_tokens + excluded.input_tokens,"

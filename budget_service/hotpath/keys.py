@@ -10,7 +10,6 @@ are validated (servicekit/validation.py) so they can never contain `{` or `}`.
     ba:{org}:r:<id>       hash   one reservation: state, amount, budgets, expiry, answers
     ba:{org}:exp          zset   held reservation ids scored by expiry (ms), for the sweeper
     ba:{org}:ledger       stream the outbox: every money event, drained into PostgreSQL
-    ba:{org}:ledger:malformed  stream events the writer could not read, kept for a person
     ba:orgs               set    orgs with recent activity or budgets (the sweeper's and the
                                  ledger writer's list; idle orgs are pruned; not per slot)
     ba:epoch              string the data-set epoch sentinel (budget_service/config/epoch.py)
@@ -45,8 +44,3 @@ def expiries(org: str) -> str:
 def ledger(org: str) -> str:
     """The org's ledger outbox stream."""
     return f"ba:{{{org}}}:ledger"
-
-
-def ledger_malformed(org: str) -> str:
-    """Outbox entries the ledger writer could not read (a bug), set aside instead of lost."""
-    return f"ba:{{{org}}}:ledger:malformed"

@@ -38,6 +38,7 @@ SCRIPT_NAMES = (
     "snapshot",
     "restore",
     "prune_org",
+    "ledger_trim",
 )
 
 

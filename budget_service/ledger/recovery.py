@@ -64,14 +64,19 @@ WHERE f.org = $1
 GROUP BY f.budget_uid
 """
 
-# Reservations with a reserve event and no ending one, with the latest expiry an Extend gave.
+# Reservations with a reserve event and no ending one. A reservation's events share its
+# (org, reservation_id, created_ms): an id reused after the first one was forgotten is another
+# reservation. A hold moved by Extend expires when its newest extend says (in stream order).
 OPEN_HOLDS = """
 SELECT r.reservation_id, r.created_ms, r.amount_nanos, r.budget_uids, r.price_ref,
        r.fingerprint, r.subject,
-       greatest(r.expires_at_ms, coalesce((
-           SELECT max(x.expires_at_ms) FROM ledger_events x
-           WHERE x.org = r.org AND x.reservation_id = r.reservation_id
-             AND x.created_ms = r.created_ms AND x.type = 'extend'), 0)) AS expires_at_ms
+       coalesce((SELECT x.expires_at_ms FROM ledger_events x
+                 WHERE x.org = r.org AND x.reservation_id = r.reservation_id
+                   AND x.created_ms = r.created_ms AND x.type = 'extend'
+                 ORDER BY split_part(x.stream_id, '-', 1)::bigint DESC,
+                          split_part(x.stream_id, '-', 2)::bigint DESC
+                 LIMIT 1),
+                r.expires_at_ms) AS expires_at_ms
 FROM ledger_events r
 WHERE r.org = $1 AND r.type = 'reserve'
   AND NOT EXISTS (

@@ -10,7 +10,8 @@
   snapshot of Redis refreshed every few seconds by a background job.
 - Prices: `budget_price_catalog_version` and `budget_price_catalog_age_seconds` (since the
   newest price version took effect) of the in-process price table.
-- Ledger: the writer's backlog and lag, events written, failures, reconciliation differences.
+- Ledger: the writer's backlog and lag, events written, failures, dead letters, failing orgs,
+  reconciliation differences, rows deleted by the retention job.
 """
 
 from __future__ import annotations
@@ -198,8 +199,24 @@ class StateCollector(Collector):
         )
         yield CounterMetricFamily(
             "budget_ledger_malformed_events",
-            "Outbox entries the writer could not read, set aside in ba:{org}:ledger:malformed",
+            "Outbox entries this process could not read, set aside in ledger_dead_letters",
             s.malformed,
+        )
+        yield CounterMetricFamily(
+            "budget_ledger_dead_lettered_events",
+            "Outbox entries this process set aside in ledger_dead_letters (unreadable, or"
+            " refused by PostgreSQL) instead of letting them stop the ledger",
+            s.dead_lettered,
+        )
+        yield GaugeMetricFamily(
+            "budget_ledger_dead_letters",
+            "Events waiting in ledger_dead_letters for a person (budgetctl ledger dead-letters)",
+            value=s.dead_letters,
+        )
+        yield GaugeMetricFamily(
+            "budget_ledger_failing_orgs",
+            "Orgs whose last drain failed (backed off; the other orgs drain on)",
+            value=s.failing_orgs,
         )
         r = self.reconciled
         if r.runs:
