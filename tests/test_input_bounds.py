@@ -142,7 +142,7 @@ async def test_budget_stored_before_normalization_still_covers_its_user(app, bud
                     period=pb.PERIOD_NONE, mode=pb.MODE_HARD, timezone="UTC",
                     alert_thresholds_percent=[50, 75, 90, 100])  # fmt: skip
     config = await BudgetRepository(app.pool).upsert(old, "test:old-release")
-    await ConfigSync(app.engine.scripts).push(config)
+    await ConfigSync(app.engine.scripts, app.engine.cache.epoch).push(config, first_of_org=True)
     held = await reserve(budgets, org, usd("0.10"), user=JOSE_NFC)
     assert [b.budget_id for b in held.budgets] == ["legacy"]
     assert (await status(admin, org, "legacy")).reserved_nanos == usd("0.10")

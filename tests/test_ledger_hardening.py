@@ -31,10 +31,10 @@ import redis.asyncio as aioredis
 
 from budget_service import server
 from budget_service.hotpath import keys
-from budget_service.ledger import reconcile
+from budget_service.ledger import reconcile, recovery
 from budget_service.ledger.writer import LedgerEvent, LedgerWriter, insert_events
 from genproto.budget.v1 import budget_pb2 as pb
-from servicekit.validation import VALUE_MAX
+from servicekit.validation import VALUE_MAX_BYTES
 from tests.conftest import Stack
 from tests.helpers import reserve, rid, upsert, usd
 from tests.test_ledger import ledger_rows, scrape
@@ -50,7 +50,7 @@ def long_value(seed: int) -> str:
     """The longest subject value the API accepts, in 4-byte characters, and random, so that
     PostgreSQL cannot compress it below the btree row limit."""
     rng = random.Random(seed)
-    return "".join(chr(rng.randint(*CJK_EXT_B)) for _ in range(VALUE_MAX))
+    return "".join(chr(rng.randint(*CJK_EXT_B)) for _ in range(VALUE_MAX_BYTES // 4))
 
 
 def utc_day(ms: int) -> dt.datetime:
@@ -62,7 +62,7 @@ async def test_a_commit_with_long_multibyte_subject_values_is_written_and_report
 ):
     await upsert(admin, org, "cap", usd("10"))
     team, project, user, env, region = (long_value(seed) for seed in range(5))
-    assert len(team.encode()) == 4 * VALUE_MAX == 1024
+    assert len(team.encode()) == VALUE_MAX_BYTES == 256
     first_day = utc_day(clock.now_ms())
     held = await reserve(budgets, org, usd("0.30"), team=team, project=project, user=user,
                          tags={"env": env, "region": region})  # fmt: skip
@@ -397,5 +397,5 @@ async def test_the_migration_keeps_old_ids_and_joins_a_reservations_events_old_a
     # The commit of "d" is stored under its old id: it is not stored again.
     assert await insert_events(conn, "o", [release, extend, again], legacy_before_ms=10_000) == 2
     assert await conn.fetchval("SELECT count(*) FROM ledger_events WHERE type = 'commit'") == 2
-    holds = await conn.fetch(reconcile.OPEN_HOLDS, "o")
+    holds = await conn.fetch(recovery.OPEN_HOLDS, "o")
     assert [(h["reservation_id"], h["expires_at_ms"]) for h in holds] == [("q/1@2", 9000)]
