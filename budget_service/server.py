@@ -150,7 +150,7 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
         window_ms=int((settings.retention_seconds + settings.max_ttl_seconds) * 1000),
         enabled=settings.auto_rebuild,
     )  # fmt: skip
-    engine.on_lost = sync.on_lost = rebuilder.request
+    cache.on_lost = sync.on_lost = rebuilder.request
     ledger = LedgerWriter(
         redis,
         pool,

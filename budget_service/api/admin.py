@@ -168,6 +168,8 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
         org = v.require_id("org", request.org)
         budget_id = v.require_id("budget_id", request.budget_id)
         config = await self.repo.get(org, budget_id)
+        # counters of an org whose data Redis lost would read as zero: fail closed instead
+        await self.cache.check_intact(org)
         spent_s, reserved_s, pstart_s, count_s, recent_s = await redis_call(
             self.client.hmget(
                 keys.budget(org, config.uid), "spent", "reserved", "pstart", "ovn", "ovc"

@@ -13,7 +13,7 @@ and loading it raises DataLost instead of caching an empty org that would admit 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -50,6 +50,14 @@ class ConfigCache:
         # orgs PostgreSQL has budgets for: their config hash must carry the epoch
         self._budgeted: set[str] = set()
         self._orgs: dict[str, OrgBudgets] = {}
+        # Told when an org turns out to have lost its data in Redis; answers whether a rebuild
+        # is under way (the server wires the automatic rebuild here).
+        self.on_lost: Callable[[str], bool] = lambda org: False
+
+    def lost(self, org: str) -> DataLost:
+        """The error for a call that found the org's data gone; starts the rebuild if allowed."""
+        self._orgs.pop(org, None)
+        return DataLost(org, rebuilding=self.on_lost(org))
 
     def set_budgeted(self, orgs: Iterable[str]) -> None:
         """Replace the set of orgs that have budgets in PostgreSQL."""
@@ -67,6 +75,14 @@ class ConfigCache:
         """Drop the org's entry: the next call reads it from Redis again."""
         self._orgs.pop(org, None)
 
+    async def check_intact(self, org: str) -> None:
+        """DataLost when the org should have budgets but Redis lost its config (one HGET)."""
+        if not self.epoch:
+            return
+        found = await redis_call(self.client.hget(keys.config(org), "_e"))
+        if (found is None and org in self._budgeted) or (found is not None and found != self.epoch):
+            raise self.lost(org)
+
     async def reload(self, org: str) -> OrgBudgets:
         """Read the org's configuration from Redis again; DataLost if Redis lost it."""
         raw: dict[str, str] = await redis_call(self.client.hgetall(keys.config(org)))
@@ -76,8 +92,7 @@ class ConfigCache:
         if self.epoch and (
             (found is None and org in self._budgeted) or (found is not None and found != self.epoch)
         ):
-            self._orgs.pop(org, None)
-            raise DataLost(org)
+            raise self.lost(org)
         budgets = tuple(sorted((BudgetConfig.from_json(v) for v in raw.values()), key=_by_id))
         entry = OrgBudgets(version, budgets, {b.uid: b for b in budgets}, epoch)
         if len(self._orgs) > 100_000:

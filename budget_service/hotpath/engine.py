@@ -113,9 +113,6 @@ class Engine:
         self.clock = clock
         self.retention_ms = retention_ms
         self.outbox_limit = outbox_limit
-        # Told when Redis turns out to have lost an org's data (the org, answers whether a
-        # rebuild is under way); the server wires the automatic rebuild here.
-        self.on_lost: Callable[[str], bool] = lambda org: False
         # Set while Redis is known to have lost its whole data set (budget_service/config/
         # epoch.py watches it): every call fails closed until the rebuild is done.
         self.data_set_lost = False
@@ -134,16 +131,16 @@ class Engine:
     async def _config(self, org: str) -> OrgBudgets:
         """The org's cached config; DataLost while Redis is known to have lost its data."""
         if self.data_set_lost:
-            raise self._lost(org)
-        try:
-            return await self.cache.get(org)
-        except DataLost as lost:
-            raise self._lost(org) from lost
+            # The whole data set was lost: an org is usable again once its rebuild put the
+            # epoch back (orgs are rebuilt one by one); read it from Redis on every call.
+            config = await self.cache.reload(org)
+            if not config.epoch:
+                raise self._lost(org)
+            return config
+        return await self.cache.get(org)
 
     def _lost(self, org: str) -> DataLost:
-        """The error for a call that found the org's data gone; starts the rebuild if allowed."""
-        self.cache.forget(org)
-        return DataLost(org, rebuilding=self.on_lost(org))
+        return self.cache.lost(org)
 
     async def _list(self, org: str) -> None:
         """Keep the org in the sweeper's and ledger writer's list (ba:orgs), refreshed now and
@@ -213,7 +210,7 @@ class Engine:
             )
             status = reply[0]
             if status == "STALE":
-                config = await self._reload(org)
+                config = await self.cache.reload(org)
                 continue
             if status == "LOST":
                 raise self._lost(org)
@@ -244,12 +241,6 @@ class Engine:
             self._remember(org, reservation_id, uids, price_ref)
             return Reserved(int(held), int(expires_ms), _balances(rows))
         raise Unavailable("budget configuration kept changing during the call; retry it")
-
-    async def _reload(self, org: str) -> OrgBudgets:
-        try:
-            return await self.cache.reload(org)
-        except DataLost as lost:
-            raise self._lost(org) from lost
 
     def _periods(self, config: OrgBudgets, uids: str, now: int) -> list[str | int]:
         starts: list[str | int] = []
@@ -295,7 +286,7 @@ class Engine:
             elif reply[0] == "PV":
                 price_ref = reply[1]
             elif reply[0] == "STALE":
-                config = await self._reload(org)
+                config = await self.cache.reload(org)
             elif reply[0] == "LOST":
                 raise self._lost(org)
             elif reply[0] == "NOTFOUND":

@@ -38,6 +38,15 @@ from servicekit.errors import ServiceError, Unavailable
 from servicekit.settings import Settings
 
 log = structlog.get_logger(__name__)
+LOST_WRITES = "events_redis_never_saw"
+
+# Events of the org whose stream id is past the newest Redis's outbox ever generated.
+LEDGER_AHEAD = """
+SELECT count(*) FROM ledger_events
+WHERE org = $1
+  AND (split_part(stream_id, '-', 1)::bigint, split_part(stream_id, '-', 2)::bigint)
+      > ($2::bigint, $3::bigint)
+"""
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,10 @@ class Difference:
     org: str
     budget_id: str
     budget_uid: int
-    counter: str  # "spent" or "reserved"
+    # "spent" or "reserved"; or LOST_WRITES, when the ledger has events newer than any Redis's
+    # outbox ever had (a Redis promoted from a replica that missed writes): budget_id is '' and
+    # ledger_nanos counts those events
+    counter: str
     redis_nanos: int
     ledger_nanos: int
 
@@ -86,6 +98,11 @@ async def compare_org(
             # A negative counter is wrong whatever the ledger says: no spend or hold is below 0.
             if in_redis != in_ledger or in_redis < 0:
                 out.append(Difference(org, b.id, b.uid, counter, in_redis, in_ledger))
+    if last_id != "0-0":
+        # A rewound outbox sums to its rewound counters: only events past it show the loss.
+        ahead = await pool.fetchval(LEDGER_AHEAD, org, ms, seq)
+        if ahead:
+            out.append(Difference(org, "", 0, LOST_WRITES, 0, int(ahead)))
     return out
 
 
@@ -176,6 +193,12 @@ async def _main(argv: list[str]) -> int:
         elif not found:
             print("no differences: Redis counters equal the ledger")
         for d in [] if args.json else found:
+            if d.counter == LOST_WRITES:
+                print(
+                    f"{d.org}: the ledger has {d.ledger_nanos} events Redis's outbox never"
+                    f" had (Redis lost writes): rebuild with --rebuild --org {d.org}"
+                )
+                continue
             print(
                 f"{d.org}/{d.budget_id} (uid {d.budget_uid}) {d.counter}:"
                 f" redis {d.redis_nanos} != ledger {d.ledger_nanos}"

@@ -40,6 +40,7 @@ from budget_service.hotpath import keys
 from budget_service.hotpath.periods import bounds_ms
 from budget_service.hotpath.store import Scripts, redis_call
 from budget_service.ledger.progress import last_event_id, wait_written
+from budget_service.ledger.writer import GROUP
 from servicekit.clock import Clock
 from servicekit.errors import ConfigError, ServiceError
 
@@ -113,6 +114,13 @@ SELECT DISTINCT org FROM ledger_events WHERE at > now() - $1 * interval '1 milli
 ORDER BY org
 """
 
+# The newest stream id of the org's events in the ledger ('' when none).
+LEDGER_LAST_ID = """
+SELECT stream_id FROM ledger_events WHERE org = $1
+ORDER BY split_part(stream_id, '-', 1)::bigint DESC, split_part(stream_id, '-', 2)::bigint DESC
+LIMIT 1
+"""
+
 STATES = {"commit": "committed", "release": "released", "expire": "expired"}
 
 
@@ -161,7 +169,7 @@ def _ended_args(e: asyncpg.Record) -> list[str | int]:
         1 if e["late"] else 0,
         e["fingerprint"],
         commit_periods,
-        e["refunded"],
+        int(e["refunded"]),
         answer,
     ]
 
@@ -188,6 +196,7 @@ async def rebuild_org(
     sums = {r["budget_uid"]: (int(r["spent"]), int(r["reserved"])) for r in rows}
     holds = await pool.fetch(OPEN_HOLDS, org)
     ended = await _ended_in_ledger(scripts, pool, org, {h["reservation_id"] for h in holds})
+    ledger_last_id = await pool.fetchval(LEDGER_LAST_ID, org) or ""
 
     budget_values: list[str | int] = []
     for b, pstart in zip(budgets, pstarts, strict=True):
@@ -201,7 +210,7 @@ async def rebuild_org(
         held = [r for kind, r in chunk if kind == "hold"]
         done = [r for kind, r in chunk if kind == "ended"]
         args: list[str | int] = [epoch, retention_ms, now, "1" if last else "0"]
-        args += [len(budgets) if last else 0, len(held), len(done)]
+        args += [len(budgets) if last else 0, len(held), len(done), ledger_last_id, GROUP]
         if last:
             args += budget_values
         for h in held:
@@ -213,6 +222,7 @@ async def rebuild_org(
             [
                 keys.config(org),
                 keys.expiries(org),
+                keys.ledger(org),
                 *((keys.budget(org, u) for u in uids) if last else ()),
                 *(keys.reservation(org, h["reservation_id"]) for h in held),
                 *(keys.reservation(org, e["reservation_id"]) for e in done),

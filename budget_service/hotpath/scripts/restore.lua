@@ -5,7 +5,8 @@
 -- the counters and puts the epoch back, which lifts the fence.
 local cfg_key = KEYS[1]
 local exp_key = KEYS[2]
--- KEYS[3 ..]: budget state hashes (n), then the records of open holds (m), then the records of
+local ledger_key = KEYS[3]
+-- KEYS[4 ..]: budget state hashes (n), then the records of open holds (m), then the records of
 -- reservations Redis holds that the ledger says ended (k)
 
 local epoch = ARGV[1]
@@ -15,6 +16,11 @@ local finish = ARGV[4] == '1'
 local n = tonumber(ARGV[5])
 local m = tonumber(ARGV[6])
 local k = tonumber(ARGV[7])
+-- The newest stream id the ledger holds for the org ('' for none) and the writers' group: a
+-- rewound outbox (a replica that missed writes) is moved past it, so new events never get ids
+-- the ledger already has, and reconciliation finds no event Redis never saw.
+local ledger_last_id = ARGV[8]
+local group = ARGV[9]
 -- per budget, 10 values: uid, config json, id, limit, overdraft, mode, version, spent, reserved,
 --   period start
 -- per open hold, 9: id, amount, uids, expires (extended ones included), created, price ref,
@@ -23,13 +29,13 @@ local k = tonumber(ARGV[7])
 --   fingerprint, commit periods, refunded, stored answer
 local BUDGET_ARGS, HOLD_ARGS, ENDED_ARGS = 10, 9, 10
 
-local a = 8
+local a = 10
 local budgets, holds, ended = 0, 0, 0
 if finish then
   local keep = {}
   for i = 0, n - 1 do
     local base = a + BUDGET_ARGS * i
-    local key = KEYS[3 + i]
+    local key = KEYS[4 + i]
     redis.call('DEL', key)
     redis.call('HSET', key, 'id', ARGV[base + 2], 'limit', ARGV[base + 3], 'od', ARGV[base + 4],
       'mode', ARGV[base + 5], 'ver', ARGV[base + 6], 'spent', ARGV[base + 7],
@@ -48,7 +54,7 @@ a = a + BUDGET_ARGS * n
 
 for j = 0, m - 1 do
   local base = a + HOLD_ARGS * j
-  local key = KEYS[3 + n + j]
+  local key = KEYS[4 + n + j]
   local expires = ARGV[base + 3]
   if redis.call('HGET', key, 'state') == 'held' then
     redis.call('HSET', key, 'exp', expires)
@@ -70,7 +76,7 @@ a = a + HOLD_ARGS * m
 
 for j = 0, k - 1 do
   local base = a + ENDED_ARGS * j
-  local key = KEYS[3 + n + m + j]
+  local key = KEYS[4 + n + m + j]
   local r = redis.call('HMGET', key, 'state', 'created')
   if r[1] == 'held' and r[2] == ARGV[base + 1] then
     local state = ARGV[base + 2]
@@ -95,6 +101,21 @@ if finish then
     redis.call('HINCRBY', cfg_key, '_v', 1)
   else
     redis.call('HSET', cfg_key, '_v', now_ms)
+  end
+  if ledger_last_id ~= '' then
+    if redis.call('EXISTS', ledger_key) == 0 then
+      redis.call('XGROUP', 'CREATE', ledger_key, group, '0', 'MKSTREAM')
+    end
+    local last = '0-0'
+    local info = redis.call('XINFO', 'STREAM', ledger_key)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then last = info[i + 1] end
+    end
+    local lm, ls = string.match(last, '^(%d+)-(%d+)$')
+    local wm, ws = string.match(ledger_last_id, '^(%d+)-(%d+)$')
+    if tonumber(wm) > tonumber(lm) or (wm == lm and tonumber(ws) > tonumber(ls)) then
+      redis.call('XSETID', ledger_key, ledger_last_id)
+    end
   end
   redis.call('HSET', cfg_key, '_e', epoch)
 end
