@@ -68,6 +68,18 @@ class Settings:
     ledger_reconcile_seconds: float = _env(
         "LEDGER_RECONCILE_SECONDS", 300.0, "how often Redis counters are compared with the ledger"
     )
+    ledger_retention_days: int = _env(
+        "LEDGER_RETENTION_DAYS", 0,
+        "delete ledger events, effects and usage records older than this (days; 0: keep all)",
+    )  # fmt: skip
+    ledger_rollup_retention_days: int = _env(
+        "LEDGER_ROLLUP_RETENTION_DAYS", 0,
+        "delete daily spend rollups older than this (days; 0: keep all)",
+    )  # fmt: skip
+    ledger_retention_interval_seconds: float = _env(
+        "LEDGER_RETENTION_INTERVAL_SECONDS", 3600.0,
+        "how often the ledger retention job runs (when a retention is set)",
+    )  # fmt: skip
     metrics_addr: str = _env(
         "METRICS_ADDR", "127.0.0.1:9464", "Prometheus /metrics host:port (empty: no metrics)"
     )
@@ -89,9 +101,13 @@ class Settings:
             )
         for name in ("sweep_interval_seconds", "config_reconcile_seconds",
                      "redis_timeout_seconds", "ledger_poll_seconds", "ledger_batch_size",
-                     "ledger_claim_idle_seconds", "ledger_reconcile_seconds"):  # fmt: skip
+                     "ledger_claim_idle_seconds", "ledger_reconcile_seconds",
+                     "ledger_retention_interval_seconds"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be greater than 0")
+        for name in ("ledger_retention_days", "ledger_rollup_retention_days"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.upper()} must be 0 (keep everything) or a number of days")
         if self.log_format not in ("json", "console"):
             raise ConfigError(f"LOG_FORMAT={self.log_format!r}: use json or console")
 
