@@ -38,6 +38,7 @@ from budget_service.hotpath.redis_wire import Address, RedisWire
 from budget_service.hotpath.sweeper import Sweeper
 from budget_service.ledger.reconcile import ReconcileResult
 from budget_service.ledger.recovery import EpochWatch, Rebuilder, prepare_data_set
+from budget_service.ledger.retention import LedgerRetention
 from budget_service.ledger.writer import LedgerWriter
 from budget_service.ops.metrics import MetricsServer, ServiceMetrics, StateCollector, Utilization
 from genproto.budget.v1 import budget_pb2, budget_pb2_grpc
@@ -77,6 +78,7 @@ class App:
     utilization: Utilization
     metrics: MetricsServer | None
     rebuilder: Rebuilder
+    retention: LedgerRetention
     readiness: asyncio.Task[None] | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -236,8 +238,23 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
             lambda: reconciled.run(scripts, pool, wait_seconds=10.0),
         )
     )
+    retention = LedgerRetention(
+        pool,
+        redis,
+        clock,
+        days=settings.ledger_retention_days,
+        rollup_days=settings.ledger_rollup_retention_days,
+    )
+    if settings.ledger_retention_days or settings.ledger_rollup_retention_days:
+        background.append(
+            Periodic(
+                "ledger-retention", settings.ledger_retention_interval_seconds, retention.run_once
+            )
+        )
     utilization = Utilization.empty()
-    registry.register(StateCollector(ledger, reconciled, prices, utilization, clock.now_ms))
+    registry.register(
+        StateCollector(ledger, reconciled, prices, utilization, clock.now_ms, retention.result)
+    )
     if metrics is not None:
         background.append(
             Periodic(
@@ -252,7 +269,7 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     log.info("server.started", addr=f"{host}:{port}", seconds=round(time.monotonic() - started, 3))
     return App(
         settings, server, port, redis, pool, engine, background, ledger, prices, budget_service,
-        health_servicer, reconciled, utilization, metrics, rebuilder, readiness,
+        health_servicer, reconciled, utilization, metrics, rebuilder, retention, readiness,
     )  # fmt: skip
 
 

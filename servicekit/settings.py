@@ -79,6 +79,18 @@ class Settings:
         True,
         "rebuild an org from the ledger when Redis lost its data (false: an operator does it)",
     )
+    ledger_retention_days: int = _env(
+        "LEDGER_RETENTION_DAYS", 0,
+        "delete ledger events, effects and usage records older than this (days; 0: keep all)",
+    )  # fmt: skip
+    ledger_rollup_retention_days: int = _env(
+        "LEDGER_ROLLUP_RETENTION_DAYS", 0,
+        "delete daily spend rollups older than this (days; 0: keep all)",
+    )  # fmt: skip
+    ledger_retention_interval_seconds: float = _env(
+        "LEDGER_RETENTION_INTERVAL_SECONDS", 3600.0,
+        "how often the ledger retention job runs (when a retention is set)",
+    )  # fmt: skip
     metrics_addr: str = _env(
         "METRICS_ADDR", "127.0.0.1:9464", "Prometheus /metrics host:port (empty: no metrics)"
     )
@@ -138,7 +150,7 @@ class Settings:
         for name in ("sweep_interval_seconds", "config_reconcile_seconds",
                      "redis_timeout_seconds", "ledger_poll_seconds", "ledger_batch_size",
                      "ledger_claim_idle_seconds", "ledger_reconcile_seconds",
-                     "ledger_outbox_limit"):  # fmt: skip
+                     "ledger_outbox_limit", "ledger_retention_interval_seconds"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be greater than 0")
         for name in ("grpc_max_send_message_bytes", "grpc_max_concurrent_streams",
@@ -158,6 +170,9 @@ class Settings:
                 "MAX_USAGE_JSON_BYTES must be greater than 0 and below"
                 " GRPC_MAX_RECEIVE_MESSAGE_BYTES"
             )
+        for name in ("ledger_retention_days", "ledger_rollup_retention_days"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.upper()} must be 0 (keep everything) or a number of days")
         if self.log_format not in ("json", "console"):
             raise ConfigError(f"LOG_FORMAT={self.log_format!r}: use json or console")
 

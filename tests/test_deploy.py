@@ -525,6 +525,8 @@ SERVICE_METRICS = [
     "budget_ledger_events_written_total",
     "budget_ledger_write_failures_total",
     "budget_ledger_reconcile_differences",
+    "budget_ledger_dead_letters",
+    "budget_ledger_failing_orgs",
 ]
 HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 

@@ -225,6 +225,9 @@ async def test_postgres_down_under_load_fails_no_call_and_the_backlog_drains(iso
     await wait_reconciled(app.engine.scripts, app.pool, org)
     drained = time.monotonic() - started
     await check_ledger_matches(app.pool, org, seen)
+    # PostgreSQL down is no event's fault: retried, nothing set aside, no org blamed.
+    assert await app.pool.fetchval("SELECT count(*) FROM ledger_dead_letters") == 0
+    assert (app.ledger.stats.dead_lettered, app.ledger.failing) == (0, {})
     print(f"\nbacklog {backlog} events when PostgreSQL returned; drained in {drained:.2f}s")
 
 

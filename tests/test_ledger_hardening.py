@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from budget_service import server
 from budget_service.hotpath import keys
 from budget_service.ledger import reconcile, recovery
-from budget_service.ledger.writer import LedgerEvent, LedgerWriter, insert_events
+from budget_service.ledger.writer import GROUP, LedgerEvent, LedgerWriter, insert_events
 from genproto.budget.v1 import budget_pb2 as pb
 from servicekit.validation import VALUE_MAX_BYTES
 from tests.conftest import Stack
@@ -286,11 +286,11 @@ async def test_a_trim_never_drops_entries_another_writer_has_read_but_not_stored
     held = await reserve(budgets, org, usd("0.20"))
     await budgets.Commit(pb.CommitRequest(org=org, reservation_id=held.reservation_id,
                                           actual_nanos=usd("0.15")))  # fmt: skip
-    reader = LedgerWriter(app.redis, app.pool, consumer="reader")
     taken: list[Any] = []
 
-    async def reader_reads() -> None:
-        taken.extend(await reader._read(stream))
+    async def reader_reads() -> None:  # as a writer reads new entries
+        reply = await app.redis.xreadgroup(GROUP, "reader", {stream: ">"}, count=100)
+        taken.extend(reply[0][1] if reply else [])
 
     # The reader takes the two new entries at the first moment Redis lets it during the
     # trimmer's trim: between two of its commands, or after the trim if it is one step.
@@ -338,6 +338,31 @@ async def test_refunds_whose_old_style_event_ids_were_equal_are_both_recorded(
     assert [tuple(r) for r in rows] == refunds
     net = await app.pool.fetchval("SELECT sum(cost_nanos) FROM usage_records WHERE org = $1", org)
     assert net == 2 * usd("0.40") - usd("0.10") - usd("0.15")
+
+
+async def test_an_event_stored_under_its_old_id_and_delivered_again_is_not_stored_twice(
+    paused_writer, budgets, admin, org
+):
+    app = paused_writer
+    stream = keys.ledger(org)
+    await upsert(admin, org, "cap", usd("1"))
+    held = await reserve(budgets, org, usd("0.10"))
+    await LedgerWriter(app.redis, app.pool)._ensure_group(stream)
+    # A writer of the previous version read the event, stored it under its old id, and died
+    # before its XACK; the upgrade came in between.
+    [(entry_id, _)] = (await app.redis.xreadgroup(GROUP, "previous", {stream: ">"}))[0][1]
+    created = await app.redis.hget(keys.reservation(org, held.reservation_id), "created")  # type: ignore[misc]
+    old_id = f"reserve:{held.reservation_id}@{created}"
+    await app.pool.execute(
+        "INSERT INTO ledger_events (org, event_id, type, reservation_id, at, amount_nanos,"
+        " stream_id, created_ms) VALUES ($1, $2, 'reserve', $3, now(), $4, $5, $6)",
+        org, old_id, held.reservation_id, usd("0.10"), entry_id, int(created),
+    )  # fmt: skip
+    heir = LedgerWriter(app.redis, app.pool, consumer="heir", claim_idle_ms=0)
+    await heir.drain_until_empty()
+    rows = await app.pool.fetch("SELECT event_id FROM ledger_events WHERE org = $1", org)
+    assert [r["event_id"] for r in rows] == [old_id]
+    assert await app.redis.xlen(stream) == 0
 
 
 @pytest.fixture
@@ -394,8 +419,8 @@ async def test_the_migration_keeps_old_ids_and_joins_a_reservations_events_old_a
     extend = event("9-0", t="extend", rid="q/1@2", c="300", ts="650", exp="9000")
     again = event("7-0", t="commit", rid="d", c="700", ts="800", amt="35")
     assert (release.event_id, extend.event_id) == ("release|m|500", "extend|q/1@2|300|9000")
-    # The commit of "d" is stored under its old id: it is not stored again.
-    assert await insert_events(conn, "o", [release, extend, again], legacy_before_ms=10_000) == 2
+    # The commit of "d", delivered again, is stored under its old id: it is not stored again.
+    assert await insert_events(conn, "o", [release, extend, again], redelivered=True) == 2
     assert await conn.fetchval("SELECT count(*) FROM ledger_events WHERE type = 'commit'") == 2
     holds = await conn.fetch(recovery.OPEN_HOLDS, "o")
     assert [(h["reservation_id"], h["expires_at_ms"]) for h in holds] == [("q/1@2", 9000)]

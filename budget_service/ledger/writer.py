@@ -58,10 +58,6 @@ REJECTED_SQLSTATE_CLASSES = ("22", "23", "54")
 # A store out of reach (connection, resources, operator intervention): retried, never blamed
 # on an event or an org.
 UNREACHABLE_SQLSTATE_CLASSES = ("08", "53", "57")
-# The migration that changed event ids; events older than it (plus this slack for clocks) may
-# have been stored under their old id before, and are checked against it (see INSERT_BATCH).
-ID_MIGRATION = "004_ledger_hardening.sql"
-LEGACY_ID_SLACK_MS = 3_600_000
 ORG_MAX_BACKOFF_SECONDS = 60.0
 DEAD_LETTER_COUNT_SECONDS = 10.0  # how often the dead-letter gauge is refreshed
 
@@ -96,7 +92,7 @@ class LedgerEvent:
     fingerprint: str
     effects: tuple[Effect, ...]
     created_ms: int
-    # the id the writer gave this event before ID_MIGRATION ("" for kinds that came after it)
+    # the id writers gave this event before migration 004 ("" for kinds that came after it)
     legacy_id: str
     entry: dict[str, str] = field(repr=False, compare=False)
 
@@ -167,12 +163,16 @@ def _check_id(name: str, value: str) -> None:
 
 # One statement per batch: the events go in idempotently, and effects, usage records and daily
 # rollups are derived from the rows actually inserted (`ins`), so a batch delivered twice adds
-# nothing. An event older than ID_MIGRATION carries the id it had before (`legacy_id`): if a
-# row has it, the event was stored under it (by a writer of the previous version that died
-# before its XACK) and is skipped too. Rollup rows are written in key order, so two writers
-# lock them in the same order.
+# nothing. An event delivered again may also have been stored under the id writers gave it
+# before migration 004 (by a writer of that version that died before its XACK): its old id
+# comes as `legacy_id`, and if a row has it, the event is skipped too. Rollup rows are written
+# in key order, so two writers lock them in the same order.
 INSERT_BATCH = """
-WITH ins AS (
+WITH stored_before AS (
+    -- probes of the primary key, one per old id given: never a scan of the org's history
+    SELECT x.event_id FROM ledger_events x WHERE x.org = $1 AND x.event_id = ANY($19::text[])
+),
+ins AS (
     INSERT INTO ledger_events (org, event_id, type, reservation_id, at, amount_nanos,
         released_nanos, late, subject, usage, price_ref, refund_id, expires_at_ms, fingerprint,
         budget_uids, latency_ms, stream_id, created_ms)
@@ -187,8 +187,7 @@ WITH ins AS (
         AS e(event_id, type, reservation_id, at_ms, amount, released, late, subject, usage,
              price_ref, refund_id, expires_at_ms, fingerprint, uids, latency_ms, stream_id,
              created_ms, legacy_id)
-    WHERE e.legacy_id IS NULL OR NOT EXISTS (
-        SELECT 1 FROM ledger_events x WHERE x.org = $1 AND x.event_id = e.legacy_id)
+    WHERE e.legacy_id IS NULL OR e.legacy_id NOT IN (SELECT event_id FROM stored_before)
     ON CONFLICT (org, event_id) DO NOTHING
     RETURNING *
 ),
@@ -248,12 +247,17 @@ SELECT count(*) FROM ins
 
 
 async def insert_events(
-    conn: asyncpg.Connection, org: str, events: list[LedgerEvent], *, legacy_before_ms: int = 0
+    conn: asyncpg.Connection,
+    org: str,
+    events: list[LedgerEvent],
+    *,
+    redelivered: bool = False,
 ) -> int:
     """Insert `events` (one org's) idempotently; answers how many were new.
 
-    An event whose time is before `legacy_before_ms` is also skipped when its old-style id is
-    stored (see INSERT_BATCH).
+    `redelivered`: the events were delivered before (a writer's own pending entries, or a dead
+    writer's, claimed), so each is also skipped when stored under its old id (INSERT_BATCH).
+    A first delivery cannot have been stored by anyone, so it is spared those probes.
     """
     columns: list[list[Any]] = [[] for _ in range(18)]
     effects: list[list[Any]] = [[] for _ in range(5)]
@@ -264,7 +268,7 @@ async def insert_events(
             e.fingerprint,
             ",".join(str(x.budget_uid) for x in e.effects) if e.type == "reserve" else "",
             e.latency_ms, e.stream_id, e.created_ms,
-            e.legacy_id if e.legacy_id and e.at_ms < legacy_before_ms else None,
+            e.legacy_id if redelivered and e.legacy_id else None,
         )  # fmt: skip
         for column, value in zip(columns, row, strict=True):
             column.append(value)
@@ -347,7 +351,6 @@ class LedgerWriter:
         self._next_claim: dict[str, float] = {}
         self._retry_at = 0.0
         self._backoff = 0.0
-        self._legacy_before_ms: int | None = None
         self._next_dead_letter_count = 0.0
 
     async def drain_once(self, *, max_batches: int = 50) -> int:
@@ -432,15 +435,16 @@ class LedgerWriter:
                 raise
         self._groups.add(stream)
 
-    async def _read(self, stream: str) -> list[tuple[str, dict[str, str] | None]]:
+    async def _read(self, stream: str) -> tuple[list[tuple[str, dict[str, str] | None]], bool]:
         """This writer's own unacknowledged entries (after a start or a failed batch), else a
-        dead writer's idle ones (XAUTOCLAIM, checked every half idle time), else new ones."""
+        dead writer's idle ones (XAUTOCLAIM, checked every half idle time), else new ones;
+        and whether they were delivered before (the first two)."""
         if stream not in self._own_pending_checked:
             reply: Any = await self.redis.xreadgroup(
                 GROUP, self.consumer, {stream: "0"}, count=self.batch_size
             )
             if reply and reply[0][1]:
-                return list(reply[0][1])
+                return list(reply[0][1]), True
             self._own_pending_checked.add(stream)
         now = time.monotonic()
         if now >= self._next_claim.get(stream, 0.0):
@@ -449,17 +453,17 @@ class LedgerWriter:
                 stream, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=self.batch_size
             )
             if claimed[1]:
-                return list(claimed[1])
+                return list(claimed[1]), True
         reply = await self.redis.xreadgroup(
             GROUP, self.consumer, {stream: ">"}, count=self.batch_size
         )
-        return list(reply[0][1]) if reply and reply[0][1] else []
+        return (list(reply[0][1]) if reply and reply[0][1] else []), False
 
     async def _drain_org_batch(self, org: str) -> tuple[int, bool]:
         stream = keys.ledger(org)
         await self._ensure_group(stream)
         try:
-            entries = await self._read(stream)
+            entries, redelivered = await self._read(stream)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -483,10 +487,7 @@ class LedgerWriter:
         if events or dead:
             async with self.pool.acquire(timeout=5) as conn:
                 if events:
-                    legacy_before_ms = await self._legacy_before(conn)
-                    new, rejected = await self._insert_isolating(
-                        conn, org, events, legacy_before_ms
-                    )
+                    new, rejected = await self._insert_isolating(conn, org, events, redelivered)
                     dead += rejected
                 if dead:  # before the XACK: a writer that dies here leaves them pending
                     await dead_letters.store(conn, dead)
@@ -506,13 +507,13 @@ class LedgerWriter:
         return new, len(entries) >= self.batch_size
 
     async def _insert_isolating(
-        self, conn: asyncpg.Connection, org: str, events: list[LedgerEvent], legacy_before_ms: int
+        self, conn: asyncpg.Connection, org: str, events: list[LedgerEvent], redelivered: bool
     ) -> tuple[int, list[DeadLetter]]:
         """Insert `events`; those PostgreSQL refuses for their data are answered as dead
         letters, found by splitting the batch in halves (about 2 log2(n) statements per bad
         event), and all the others are inserted. Anything else is raised."""
         try:
-            return await insert_events(conn, org, events, legacy_before_ms=legacy_before_ms), []
+            return await insert_events(conn, org, events, redelivered=redelivered), []
         except asyncpg.PostgresError as exc:
             if not rejected_for_data(exc):
                 raise
@@ -526,20 +527,9 @@ class LedgerWriter:
                 )
                 return 0, [letter]
         half = len(events) // 2
-        new_a, dead_a = await self._insert_isolating(conn, org, events[:half], legacy_before_ms)
-        new_b, dead_b = await self._insert_isolating(conn, org, events[half:], legacy_before_ms)
+        new_a, dead_a = await self._insert_isolating(conn, org, events[:half], redelivered)
+        new_b, dead_b = await self._insert_isolating(conn, org, events[half:], redelivered)
         return new_a + new_b, dead_a + dead_b
-
-    async def _legacy_before(self, conn: asyncpg.Connection) -> int:
-        """Events before this time (ms) may have been stored under their old id."""
-        if self._legacy_before_ms is None:
-            applied = await conn.fetchval(
-                "SELECT applied_at FROM schema_migrations WHERE name = $1", ID_MIGRATION
-            )
-            self._legacy_before_ms = (
-                int(applied.timestamp() * 1000) + LEGACY_ID_SLACK_MS if applied else 0
-            )
-        return self._legacy_before_ms
 
     async def _trim(self, stream: str) -> int:
         """Drop the entries every writer has stored, in one atomic step; answers how many."""

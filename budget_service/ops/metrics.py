@@ -32,6 +32,7 @@ from budget_service.hotpath.periods import bounds_ms, spent_in_period
 from budget_service.hotpath.price_table import PriceTable
 from budget_service.hotpath.store import redis_call
 from budget_service.ledger.reconcile import ReconcileResult
+from budget_service.ledger.retention import RetentionResult
 from budget_service.ledger.writer import LedgerWriter
 from servicekit.clock import Clock
 from servicekit.errors import ConfigError
@@ -128,8 +129,10 @@ class StateCollector(Collector):
         prices: PriceTable,
         utilization: Utilization,
         now_ms: Callable[[], int],
+        retention: RetentionResult | None = None,
     ) -> None:
         self.writer = writer
+        self.retention = retention
         self.reconciled = reconciled
         self.prices = prices
         self.utilization = utilization
@@ -218,6 +221,22 @@ class StateCollector(Collector):
             "Orgs whose last drain failed (backed off; the other orgs drain on)",
             value=s.failing_orgs,
         )
+        kept = self.retention
+        if kept is not None and kept.runs:
+            deleted = CounterMetricFamily(
+                "budget_ledger_retention_deleted_rows",
+                "Ledger rows the retention job of this process deleted, by table",
+                labels=["table"],
+            )
+            for table, n in sorted(kept.deleted.items()):
+                deleted.add_metric([table], n)
+            yield deleted
+            yield GaugeMetricFamily(
+                "budget_ledger_retention_last_run_timestamp_seconds",
+                "When the ledger retention job last ran (LEDGER_RETENTION_DAYS and"
+                " LEDGER_ROLLUP_RETENTION_DAYS)",
+                value=kept.last_run_unix,
+            )
         r = self.reconciled
         if r.runs:
             yield GaugeMetricFamily(
