@@ -163,7 +163,7 @@ async def _run(redis_proc: RedisProcess, n: int) -> list[dict[str, Any]]:
     await ConfigSync(scripts).push(config)
     engine = Engine(
         scripts,
-        ConfigCache(redis),
+        ConfigCache(scripts),
         SystemClock(),
         retention_ms=int(settings.retention_seconds * 1000),
     )

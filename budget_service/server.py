@@ -112,7 +112,7 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     await sync.reconcile(repo)
 
     engine = Engine(
-        scripts, ConfigCache(redis), clock, retention_ms=int(settings.retention_seconds * 1000)
+        scripts, ConfigCache(scripts), clock, retention_ms=int(settings.retention_seconds * 1000)
     )
     # Without reuse_port a second process on a taken address fails to start instead of
     # silently splitting the traffic with the first.

@@ -353,7 +353,7 @@ class BudgetMachine(RuleBasedStateMachine):
 
         self.run(push())
         self.engines = [
-            Engine(self.scripts, ConfigCache(self.client), self.clock, retention_ms=RETENTION_MS)
+            Engine(self.scripts, ConfigCache(self.scripts), self.clock, retention_ms=RETENTION_MS)
             for _ in range(2)
         ]
         self.model = ref.Model(
@@ -713,7 +713,7 @@ class _Org:
         self.run(self.scripts.load())
         self.run(ConfigSync(self.scripts).push(self.config))
         self.engine = Engine(
-            self.scripts, ConfigCache(self.client), self.clock, retention_ms=RETENTION_MS
+            self.scripts, ConfigCache(self.scripts), self.clock, retention_ms=RETENTION_MS
         )
 
     def run(self, coro: Any) -> Any:

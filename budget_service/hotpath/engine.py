@@ -170,7 +170,7 @@ class Engine:
             )
             status = reply[0]
             if status == "STALE":
-                config = await self.cache.reload(org)
+                config = await self.cache.refresh(org)
                 continue
             if status == "MISMATCH":
                 raise IdempotencyConflict(
@@ -237,7 +237,7 @@ class Engine:
             elif reply[0] == "PV":
                 price_ref = reply[1]
             elif reply[0] == "STALE":
-                config = await self.cache.reload(org)
+                config = await self.cache.refresh(org)
             elif reply[0] == "NOTFOUND":
                 raise _not_found(reservation_id)
             else:

@@ -1,20 +1,21 @@
--- Make an org's budget configuration in Redis equal PostgreSQL's (at start and periodically).
+-- Make budgets of an org in Redis equal PostgreSQL's (at start, periodically, and in bulk).
 -- Counters of budgets that still exist are kept. A budget Redis holds at a newer version than
 -- the snapshot (an upsert that landed after PostgreSQL was read) is left as it is.
 local cfg_key = KEYS[1]
--- KEYS[2 .. 1 + n]: state hashes of the budgets PostgreSQL has, in ARGV order
--- KEYS[2 + n ..]: state hashes of budgets to drop (in Redis before PostgreSQL was read, and
+local log_key = KEYS[2]
+-- KEYS[3 .. 2 + n]: state hashes of the budgets PostgreSQL has, in ARGV order
+-- KEYS[3 + n ..]: state hashes of budgets to drop (in Redis before PostgreSQL was read, and
 --                 not in PostgreSQL)
 
 local n = tonumber(ARGV[1])
 -- ARGV[2 + 7i .. 8 + 7i]: uid, config json, budget id, limit, overdraft, mode, version of
 -- budget i; then the uids to drop
 local drop_uids_start = 2 + 7 * n
-local changed = false
+local changed = {}
 
 for i = 0, n - 1 do
   local base = 2 + 7 * i
-  local key = KEYS[2 + i]
+  local key = KEYS[3 + i]
   local current = redis.call('HGET', key, 'ver')
   local known = redis.call('HEXISTS', cfg_key, ARGV[base]) == 1
   if not current or tonumber(current) < tonumber(ARGV[base + 6]) or not known then
@@ -25,14 +26,14 @@ for i = 0, n - 1 do
       redis.call('HSETNX', key, 'reserved', '0')
       redis.call('HSETNX', key, 'pstart', '0')
       redis.call('HSET', cfg_key, ARGV[base], ARGV[base + 1])
-      changed = true
+      changed[#changed + 1] = ARGV[base]
     end
   end
 end
 for j = drop_uids_start, #ARGV do
   redis.call('HDEL', cfg_key, ARGV[j])
-  redis.call('DEL', KEYS[2 + n + (j - drop_uids_start)])
-  changed = true
+  redis.call('DEL', KEYS[3 + n + (j - drop_uids_start)])
+  changed[#changed + 1] = ARGV[j]
 end
-if changed then redis.call('HINCRBY', cfg_key, '_v', 1) end
-return reply({'OK', changed and 1 or 0})
+if #changed > 0 then config_changed(cfg_key, log_key, changed) end
+return reply({'OK', #changed > 0 and 1 or 0})

@@ -2,6 +2,7 @@
 -- An older version than the one Redis holds (a slower concurrent upsert) changes nothing.
 local cfg_key = KEYS[1]
 local budget_key = KEYS[2]
+local log_key = KEYS[3]
 
 local uid = ARGV[1]
 local config_json = ARGV[2]
@@ -19,5 +20,5 @@ redis.call('HSETNX', budget_key, 'spent', '0')
 redis.call('HSETNX', budget_key, 'reserved', '0')
 redis.call('HSETNX', budget_key, 'pstart', '0')
 redis.call('HSET', cfg_key, uid, config_json)
-redis.call('HINCRBY', cfg_key, '_v', 1)
+config_changed(cfg_key, log_key, {uid})
 return reply({'OK'})
