@@ -245,3 +245,22 @@ async def test_bulk_create_writes_postgres_with_audit_rows_then_redis(app, budge
         await repo.create_many(again, "bulk-test")
     count = await app.pool.fetchval("SELECT count(*) FROM budgets WHERE org = $1", org)
     assert count == 2_500
+
+
+async def test_a_new_field_of_the_config_hash_is_no_budget_and_costs_one_whole_read(
+    app, admin, budgets, parsed, org
+):
+    await upsert(admin, org, "org-cap", usd("1000"))
+    await upsert(admin, org, "team-t", usd("0.02"), selector={"team": "t"})
+    await reserve(budgets, org, usd("0.01"))  # cached: two budgets
+    await app.redis.hset(keys.config(org), "_e", "7")  # e.g. an epoch a later version adds
+    await upsert(admin, org, "team-t", usd("0.03"), selector={"team": "t"})
+    parsed.clear()
+    held = await reserve(budgets, org, usd("0.03"), team="t")
+    assert [b.budget_id for b in held.budgets] == ["org-cap", "team-t"]
+    assert len(parsed) == 1 + 2  # the change, then (one field more than known) the whole org
+    await upsert(admin, org, "team-t", usd("0.10"), selector={"team": "t"})
+    parsed.clear()
+    held = await reserve(budgets, org, usd("0.05"), team="t")
+    assert [b.budget_id for b in held.budgets] == ["org-cap", "team-t"]
+    assert len(parsed) == 1

@@ -8,8 +8,8 @@ before the call is tried again. So a budget added through another replica is nev
 Catching up reads only what changed. Every script that changes an org's configuration bumps its
 version and logs each changed budget's uid with it in `ba:{org}:cfg:changes` (keys.py);
 config_changes.lua answers the budgets changed since the cache's version, and only those are
-parsed. When the log no longer reaches back that far, or the result does not add up, the whole
-org is read again (one HGETALL), as at first use.
+parsed. When the log no longer reaches back that far, or the fields of the hash do not add up,
+the whole org is read again (one HGETALL), as at first use.
 
 Matching scales the same way: a budget covers a subject when its selector pairs are a subset of
 the subject's. The index maps each selector to its budgets and counts the distinct selector
@@ -42,8 +42,13 @@ class OrgBudgets:
     (no await inside), so everything read from it between two awaits belongs to one version.
     """
 
-    def __init__(self, version: str, budgets: Iterable[BudgetConfig] = ()) -> None:
+    def __init__(
+        self, version: str, budgets: Iterable[BudgetConfig] = (), header_fields: int = 1
+    ) -> None:
         self.version = version
+        # Fields of the config hash that are the hash's own (`_v`, `_f`, ...), as of the last
+        # whole-org read: a new one (the log's floor appearing) costs one more whole read.
+        self.header_fields = header_fields
         self.by_uid: dict[int, BudgetConfig] = {}
         self._by_selector: dict[Pairs, tuple[BudgetConfig, ...]] = {}
         self._key_sets: dict[KeySet, int] = {}  # key set -> how many budgets have it
@@ -144,20 +149,20 @@ class ConfigCache:
         if reply[0] == "SAME":
             return cached
         if reply[0] == "CHANGES":
-            _, version, count, uids, configs = reply
+            _, version, fields, uids, configs = reply
             if int(version) <= int(cached.version):  # a concurrent refresh got further
                 return cached
             changes = {
                 int(uid): BudgetConfig.from_json(raw) if raw else None
                 for uid, raw in zip(uids, configs, strict=True)
             }
-            # A budget count that does not add up means something the log did not say (the
-            # hash re-created behind a version that caught up): then read it all, and never
-            # show callers the doubtful state in between.
+            # A field count that does not add up means something the log did not say (the
+            # hash re-created behind a version that caught up, or a new field of its own):
+            # then read it all, and never show callers the doubtful state in between.
             after = len(cached.by_uid) + sum(
                 (config is not None) - (uid in cached.by_uid) for uid, config in changes.items()
             )
-            if count == after:
+            if fields == after + cached.header_fields:
                 cached.apply(version, changes)
                 return cached
         return await self._load(org)
@@ -180,7 +185,8 @@ class ConfigCache:
 
     async def _read_all(self, org: str) -> OrgBudgets:
         raw: dict[str, str] = await redis_call(self.client.hgetall(keys.config(org)))
-        entry = OrgBudgets(raw.get("_v", "0"))
+        header = sum(1 for name in raw if name.startswith("_"))
+        entry = OrgBudgets(raw.get("_v", "0"), (), header)
         for done, (name, value) in enumerate(raw.items(), 1):
             if not name.startswith("_"):
                 entry.add(BudgetConfig.from_json(value))

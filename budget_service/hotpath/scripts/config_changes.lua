@@ -1,5 +1,5 @@
 -- What changed in an org's budget configuration since the version a cache holds (reads only).
--- Answers SAME; or CHANGES with the current version, the number of budgets in the config hash,
+-- Answers SAME; or CHANGES with the current version, the number of fields of the config hash,
 -- the uids changed since, and each one's config JSON (false: deleted); or FULL when the change
 -- log does not reach back that far (or looks wrong): then the whole hash is to be read again.
 -- Its cost follows the changes (at most CHANGE_LOG_MAX), never the number of budgets.
@@ -27,8 +27,4 @@ for i = 1, #log / 2 do
   uids[i] = uid
   configs[i] = redis.call('HGET', cfg_key, uid) or false
 end
-local budgets = redis.call('HLEN', cfg_key)
-for _, name in ipairs(CONFIG_HEADER_FIELDS) do
-  budgets = budgets - redis.call('HEXISTS', cfg_key, name)
-end
-return reply({'CHANGES', current, budgets, uids, configs})
+return reply({'CHANGES', current, redis.call('HLEN', cfg_key), uids, configs})

@@ -98,9 +98,6 @@ end
 -- changed since its version (config_changes.lua). The log keeps the CHANGE_LOG_MAX most recent
 -- uids; `_f` in the config hash is the newest version it no longer fully holds.
 local CHANGE_LOG_MAX = 10000
--- The config hash's own fields, beside one field per budget uid: every one is listed here
--- (config_changes.lua counts budgets as the other fields).
-local CONFIG_HEADER_FIELDS = {'_v', '_f'}
 local function config_changed(cfg_key, log_key, uids)
   local version = redis.call('HINCRBY', cfg_key, '_v', 1)
   for i = 1, #uids do redis.call('ZADD', log_key, version, uids[i]) end
