@@ -164,7 +164,7 @@ async def _run(redis_proc: RedisProcess, n: int) -> list[dict[str, Any]]:
     await ConfigSync(scripts, epoch).push(config, first_of_org=True)
     engine = Engine(
         scripts,
-        ConfigCache(redis, epoch=epoch),
+        ConfigCache(scripts, epoch=epoch),
         SystemClock(),
         retention_ms=int(settings.retention_seconds * 1000),
     )

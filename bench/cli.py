@@ -12,7 +12,12 @@ Phases, all on the same server stack and the same connected client processes:
               service's catalog) Reserves alternate in short slices of the window (amount,
               tokens, tokens, amount, ...), so whatever else slows the machine falls on both
               alike: calls/s of each, and tokens / amount;
-5. scripts    reserve and commit scripts one at a time, no load (bench/probe.py).
+5. scale      two more orgs on the same server: one of 10 budgets (org cap, team, 8 users) and
+              one of 100,000 per-user budgets plus an org cap and a team budget (created in
+              bulk: PostgreSQL, then Redis through the config scripts); closed loop of Reserve,
+              each for a random user of the org (three budgets cover it in both), the two orgs
+              alternating in short slices as in phase 4: calls/s of each, and 100k / 10;
+6. scripts    reserve and commit scripts one at a time, no load (bench/probe.py).
 
 The figures are printed next to their aims (and written with --json); nothing is asserted.
 """
@@ -45,6 +50,7 @@ import redis
 from bench import client, probe, procfs, profiling
 from bench.client import Phase, Result
 from bench.stack import BenchError, Stack
+from genproto.budget.v1 import budget_pb2 as pb
 
 LIMIT_NANOS = 10**15  # 1,000,000 USD per month: never refuses within a run (2e6 nanos a call)
 BUDGETS: list[tuple[str, dict[str, str]]] = [
@@ -60,10 +66,26 @@ AIMS = {
     "redis_us_per_reserve_script": "< 15",
     "redis_us_per_reserve_script_unloaded": "< 15",
     "token_reserve_ratio": ">= 0.9",
+    "scale_reserve_ratio": ">= 0.9",
 }
+SCALE_SMALL_USERS = 8  # the small org: org cap, team and 8 user budgets, 10 in all
 PROBE_CALLS = 500  # phase 5: scripts one at a time
 PHASE_LEAD_NS = 300_000_000  # time for a phase message to reach every client before it starts
 OVERLAP_WARNING = 0.05  # reserve-only: share of calls overlapping the other kind worth a note
+
+
+def _scale_budgets(org: str, users: int) -> list[pb.Budget]:
+    """An org cap, a team budget and one budget per user (u000000, u000001, ...): a Reserve
+    for one of the org's users is covered by three budgets, whatever the org's size."""
+    common = {"org": org, "limit_nanos": LIMIT_NANOS, "period": pb.PERIOD_MONTH}
+    return [
+        pb.Budget(id="org-cap", **common),  # type: ignore[arg-type]
+        pb.Budget(id="team-cap", selector={"team": client.SUBJECT["team"]}, **common),  # type: ignore[arg-type]
+        *(
+            pb.Budget(id=f"user-{i:06d}", selector={"user": f"u{i:06d}"}, **common)  # type: ignore[arg-type]
+            for i in range(users)
+        ),
+    ]
 
 
 # --- arguments ----------------------------------------------------------------------------
@@ -103,6 +125,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0.05,
         help="reserve-only phase: calls starting this soon in a slice are not counted for"
         " either kind (the other kind's calls are still completing)",
+    )
+    p.add_argument(
+        "--scale-budgets",
+        type=int,
+        default=100_000,
+        help="scale phase: per-user budgets of the large org (beside its org cap and team)",
+    )
+    p.add_argument(
+        "--scale-seconds",
+        type=float,
+        default=None,
+        help="window of the scale phase, the small and the large org alternating"
+        " (default: max(2, 4 x seconds)), rounded down to whole groups of 4 slices",
     )
     p.add_argument(
         "--server-procs",
@@ -150,13 +185,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.warmup = min(1.0, args.seconds / 2)
     if args.reserve_seconds is None:
         args.reserve_seconds = max(2.0, 6 * args.seconds)
+    if args.scale_seconds is None:
+        args.scale_seconds = max(2.0, 4 * args.seconds)
     if not 0 <= args.reserve_guard < args.reserve_slice:
         p.error("--reserve-guard must be at least 0 and less than --reserve-slice")
-    groups = int(args.reserve_seconds / (len(client.SLICE_KINDS) * args.reserve_slice) + 1e-9)
-    if groups < 1:
-        p.error(f"--reserve-seconds must hold {len(client.SLICE_KINDS)} slices at least")
-    args.reserve_slices = groups * len(client.SLICE_KINDS)
-    args.reserve_seconds = round(args.reserve_slices * args.reserve_slice, 6)
+    if args.scale_budgets < SCALE_SMALL_USERS:
+        p.error(f"--scale-budgets must be at least {SCALE_SMALL_USERS}")
+    pattern = len(client.SLICE_PATTERN)
+    for name in ("reserve", "scale"):
+        groups = int(getattr(args, f"{name}_seconds") / (pattern * args.reserve_slice) + 1e-9)
+        if groups < 1:
+            p.error(f"--{name}-seconds must hold {pattern} slices of --reserve-slice at least")
+        setattr(args, f"{name}_slices", groups * pattern)
+        setattr(args, f"{name}_seconds", round(groups * pattern * args.reserve_slice, 6))
     if args.channels is None:
         args.channels = args.server_procs
     return args
@@ -324,6 +365,8 @@ class Bench:
         self.args = args
         self.org = f"bench-{uuid.uuid4().hex[:8]}"
         self.run_tag = uuid.uuid4().hex[:8]
+        self.scale_orgs = (f"{self.org}-10", f"{self.org}-{args.scale_budgets}")
+        self.scale_setup: dict[str, Any] = {}
         self.stack: Stack | None = None
         self.clients: Clients | None = None
         self.redis: redis.Redis | None = None
@@ -363,6 +406,8 @@ class Bench:
                     run_tag=self.run_tag,
                     channels=self.args.channels,
                     server_pids=stack.service_pids,
+                    scale_orgs=self.scale_orgs,
+                    scale_users=(SCALE_SMALL_USERS, self.args.scale_budgets),
                 ),
             )
             yield self
@@ -413,6 +458,7 @@ class Bench:
         rate_calls_per_s: float = 0.0,
         slice_s: float = 0.0,
         guard_s: float = 0.0,
+        kinds: tuple[str, str] = client.TOKEN_KINDS,
         before_window: Any = None,
         during_window: Callable[[int], None] | None = None,
         after_window: Any = None,
@@ -438,6 +484,7 @@ class Bench:
                 concurrency=args.concurrency,
                 slice_ns=int(slice_s * 1e9),
                 guard_ns=int(guard_s * 1e9),
+                kinds=kinds,
             )
             if kind == "open":
                 pairs_per_client = rate_calls_per_s / 2 / n  # a pair: Reserve + Commit
@@ -468,14 +515,14 @@ class Bench:
             raise BenchError(f"phase {name!r}: no call succeeded ({outcome.error_sample})")
         return outcome
 
-    def _slice_cpu(self, begin_ns: int) -> list[float]:
-        """Service event-loop CPU seconds of each reserve-only slice, from its guard on."""
+    def _slice_cpu(self, begin_ns: int, slices: int) -> list[float]:
+        """Service event-loop CPU seconds of each alternating slice, from its guard on."""
         assert self.stack is not None
         a = self.args
         pids = self.stack.service_pids
         slice_ns, guard_ns = int(a.reserve_slice * 1e9), int(a.reserve_guard * 1e9)
         used: list[float] = []
-        for i in range(a.reserve_slices):
+        for i in range(slices):
             at = begin_ns + i * slice_ns
             _sleep_until(at + guard_ns)
             before = sum(procfs.main_thread_run_seconds(p) for p in pids)
@@ -508,14 +555,14 @@ class Bench:
         args = self.args
         assert self.stack is not None
         log(
-            f"phase 1/5 ceiling: Health/Check, {args.clients}x{args.concurrency} in flight,"
+            f"phase 1/6 ceiling: Health/Check, {args.clients}x{args.concurrency} in flight,"
             f" {args.seconds:g} s"
         )
         ceiling = self.phase("ceiling", "ceiling", args.seconds)
         log(f"  {ceiling.calls_per_s:,.0f} calls/s")
 
         log(
-            f"phase 2/5 budget: Reserve+Commit, {args.clients}x{args.concurrency} in flight,"
+            f"phase 2/6 budget: Reserve+Commit, {args.clients}x{args.concurrency} in flight,"
             f" {args.seconds:g} s"
         )
         budget_redis: dict[str, Any] = {}
@@ -543,12 +590,12 @@ class Bench:
             self.profile_text = _collect_profile(profiled.profile_path, args.profile_server)
 
         target = budget.calls_per_s / 2
-        log(f"phase 3/5 half load: open loop at {target:,.0f} calls/s, {args.seconds:g} s")
+        log(f"phase 3/6 half load: open loop at {target:,.0f} calls/s, {args.seconds:g} s")
         half = self.phase("half_load", "open", args.seconds, rate_calls_per_s=target)
         log(f"  {half.calls_per_s:,.0f} calls/s achieved")
 
         log(
-            f"phase 4/5 reserve only, amount- and token-based ({client.SUBJECT['model']},"
+            f"phase 4/6 reserve only, amount- and token-based ({client.SUBJECT['model']},"
             f" {client.RESERVE_INPUT_TOKENS}+{client.RESERVE_OUTPUT_TOKENS} tokens) alternating"
             f" every {args.reserve_slice * 1000:g} ms, {args.reserve_seconds:g} s"
             " (Redis commandstats)"
@@ -562,11 +609,15 @@ class Bench:
             slice_s=args.reserve_slice,
             guard_s=args.reserve_guard,
             before_window=self._reset_redis_stats,
-            during_window=lambda begin_ns: slice_cpu.extend(self._slice_cpu(begin_ns)),
+            during_window=lambda begin_ns: slice_cpu.extend(
+                self._slice_cpu(begin_ns, args.reserve_slices)
+            ),
             after_window=lambda: reserve_redis.update(self._commandstats()),
         )
         reserve.redis = reserve_redis
-        alternation = Alternation.of(reserve, args.reserve_slice, args.reserve_guard, slice_cpu)
+        alternation = Alternation.of(
+            reserve, args.reserve_slice, args.reserve_guard, slice_cpu, client.TOKEN_KINDS
+        )
         low, high = alternation.interval()
         log(
             f"  {reserve.calls_per_s:,.0f} Reserve calls/s,"
@@ -582,7 +633,9 @@ class Bench:
                 " --reserve-guard and --reserve-slice"
             )
 
-        log(f"phase 5/5 scripts one at a time, no load: {PROBE_CALLS} reserves, then commits")
+        scale, scaling = self._scale_phase()
+
+        log(f"phase 6/6 scripts one at a time, no load: {PROBE_CALLS} reserves, then commits")
         assert self.stack is not None
         self.probe = probe.probe_scripts(self.stack.redis.url, self.org, PROBE_CALLS)
         log(
@@ -591,7 +644,74 @@ class Bench:
             f" {self.probe['empty']['usec_per_call']:.2f} per empty script"
         )
 
-        return self._report(ceiling, budget, half, reserve, alternation, target)
+        return self._report(ceiling, budget, half, reserve, alternation, target, scale, scaling)
+
+    def _scale_phase(self) -> tuple[PhaseOutcome, Alternation]:
+        """Phase 5: Reserve calls/s on an org of 10 budgets against one of 100,000, same run."""
+        args = self.args
+        assert self.stack is not None
+        small, large = self.scale_orgs
+        n = args.scale_budgets
+        log(
+            f"phase 5/6 scale: creating an org of 10 budgets and one of {n:,} per-user budgets"
+            " plus an org cap and a team budget (PostgreSQL, then Redis) ..."
+        )
+        rss_before = self.stack.service_resident_bytes()
+        t0 = time.monotonic()
+        self.stack.create_budgets(_scale_budgets(small, SCALE_SMALL_USERS))
+        self.stack.create_budgets(_scale_budgets(large, n))
+        created_s = time.monotonic() - t0
+        t1 = time.monotonic()
+        for org, users in ((small, SCALE_SMALL_USERS), (large, n)):
+            self.stack.warm_org(
+                pb.Subject(org=org, **{**client.SUBJECT, "user": f"u{users - 1:06d}"})  # type: ignore[arg-type]
+            )
+        loaded_s = time.monotonic() - t1
+        rss_after = self.stack.service_resident_bytes()
+        self.scale_setup = {
+            "budgets": {"small": SCALE_SMALL_USERS + 2, "large": n + 2},
+            "create_seconds": round(created_s, 2),
+            "first_load_seconds": round(loaded_s, 2),
+            # Resident memory the service processes grew by while loading both orgs (the cache,
+            # and what the whole-org read left allocated), per budget of the large org.
+            "service_rss_bytes_per_budget": round((rss_after - rss_before) / (n + 2)),
+            "service_rss_mib": {
+                "before": round(rss_before / 2**20, 1),
+                "after": round(rss_after / 2**20, 1),
+            },
+        }
+        log(
+            f"  created in {created_s:.1f} s (validation, PostgreSQL COPY with audit rows, Redis"
+            f" 1,000 a script); service processes read the orgs in {loaded_s:.1f} s; service"
+            f" memory {rss_before / 2**20:,.0f} -> {rss_after / 2**20:,.0f} MiB"
+            f" (~{self.scale_setup['service_rss_bytes_per_budget']:,} bytes per budget)"
+        )
+        log(
+            f"  Reserve only, the two orgs alternating every {args.reserve_slice * 1000:g} ms,"
+            f" {args.scale_seconds:g} s"
+        )
+        slice_cpu: list[float] = []
+        scale = self.phase(
+            "scale",
+            "reserve_ab",
+            args.scale_seconds,
+            slice_s=args.reserve_slice,
+            guard_s=args.reserve_guard,
+            kinds=client.SCALE_KINDS,
+            during_window=lambda begin_ns: slice_cpu.extend(
+                self._slice_cpu(begin_ns, args.scale_slices)
+            ),
+        )
+        scaling = Alternation.of(
+            scale, args.reserve_slice, args.reserve_guard, slice_cpu, client.SCALE_KINDS
+        )
+        low, high = scaling.interval()
+        log(
+            f"  10 budgets {scaling.calls_per_s('small'):,.0f}, {n:,} budgets"
+            f" {scaling.calls_per_s('large'):,.0f} Reserve calls/s: ratio {scaling.ratio:.3f}"
+            f" (90% interval {low:.3f} - {high:.3f})"
+        )
+        return scale, scaling
 
     def _report(
         self,
@@ -601,6 +721,8 @@ class Bench:
         reserve: PhaseOutcome,
         alternation: Alternation,
         target: float,
+        scale: PhaseOutcome,
+        scaling: Alternation,
     ) -> dict[str, Any]:
         assert self.redis is not None and self.stack is not None
         reserve_us = float(reserve.redis["evalsha_usec_per_call"])
@@ -623,6 +745,9 @@ class Bench:
             "token_reserve_p50_us": alternation.p("tokens", 0.50),
             "token_reserve_p99_us": alternation.p("tokens", 0.99),
             "token_reserve_ratio": round(alternation.ratio, 4),
+            "scale_small_reserve_calls_per_s": round(scaling.calls_per_s("small"), 1),
+            "scale_large_reserve_calls_per_s": round(scaling.calls_per_s("large"), 1),
+            "scale_reserve_ratio": round(scaling.ratio, 4),
             "redis_us_per_reserve_script": reserve_us,
             "redis_us_per_evalsha_budget_run": mixed_us,
             "redis_us_per_reserve_script_unloaded": self.probe["reserve"]["usec_per_call"],
@@ -648,6 +773,15 @@ class Bench:
                 "reserve_only_calls_per_s": round(reserve.calls_per_s, 1),
                 # The reserve-only phase's comparison of amount- and token-based Reserves.
                 "token_reserve": alternation.summary(),
+                # The scale phase's comparison of an org of 10 budgets with one of 100,000.
+                "scale": {
+                    **scaling.summary(),
+                    **self.scale_setup,
+                    "small_reserve_p50_us": scaling.p("small", 0.50),
+                    "small_reserve_p99_us": scaling.p("small", 0.99),
+                    "large_reserve_p50_us": scaling.p("large", 0.50),
+                    "large_reserve_p99_us": scaling.p("large", 0.99),
+                },
                 "half_load_target_calls_per_s": round(target, 1),
                 "redis_latency_events_over_1ms": self._latency_events(),
             },
@@ -658,6 +792,8 @@ class Bench:
                 "seconds": a.seconds,
                 "warmup_seconds": a.warmup,
                 "reserve_seconds": a.reserve_seconds,
+                "scale_seconds": a.scale_seconds,
+                "scale_budgets": a.scale_budgets,
                 "reserve_slice_seconds": a.reserve_slice,
                 "reserve_guard_seconds": a.reserve_guard,
                 "token_reserve": {
@@ -676,7 +812,7 @@ class Bench:
                 "connections_per_service_process": self._connections(),
                 "profiled": a.profile_server is not None,
             },
-            "phases": {p.name: p.summary() for p in (ceiling, budget, half, reserve)},
+            "phases": {p.name: p.summary() for p in (ceiling, budget, half, reserve, scale)},
             "profile": self.profile_text,
         }
 
@@ -697,10 +833,11 @@ class Bench:
 
 @dataclass
 class Alternation:
-    """The reserve-only phase as a comparison: amount-based against token-based Reserves.
+    """An alternating phase as a comparison of two kinds of Reserve: amount- against token-based
+    (reserve-only phase), or the org of 10 budgets against the org of 100,000 (scale phase).
 
-    The window is cut in slices, each sending one kind (client.SLICE_KINDS: amount, tokens,
-    tokens, amount, ...). A kind's calls are those that start in its slices past the guard, by
+    The window is cut in slices, each sending one kind (client.SLICE_PATTERN: base, other,
+    other, base, ...). A kind's calls are those that start in its slices past the guard, by
     when the other kind's calls have completed; in a closed loop a call starts as one completes,
     so they are what the service completed of that kind in that time. The service's event-loop
     CPU is read over the same stretches. Slices of a fraction of a second put both kinds under
@@ -713,17 +850,22 @@ class Alternation:
     cpu_s: list[float]  # per slice: service event-loop CPU seconds from the guard on
     latencies: dict[str, list[int]]  # kind -> sorted ns of its counted calls
     overlapping: int  # calls that completed in the other kind's slice, past its guard
+    kinds: tuple[str, str]  # (base, other): the ratio is other / base
 
     @classmethod
     def of(
-        cls, outcome: PhaseOutcome, slice_s: float, guard_s: float, cpu_s: list[float]
+        cls,
+        outcome: PhaseOutcome,
+        slice_s: float,
+        guard_s: float,
+        cpu_s: list[float],
+        kinds: tuple[str, str],
     ) -> Alternation:
         counts = [outcome.slices.get(i, 0) for i in range(len(cpu_s))]
-        return cls(slice_s, guard_s, counts, cpu_s, outcome.by_kind, outcome.overlapping)
+        return cls(slice_s, guard_s, counts, cpu_s, outcome.by_kind, outcome.overlapping, kinds)
 
-    @staticmethod
-    def kind(index: int) -> str:
-        return client.SLICE_KINDS[index % len(client.SLICE_KINDS)]
+    def kind(self, index: int) -> str:
+        return client.slice_kind(self.kinds, index)
 
     def _slices(self, kind: str) -> list[int]:
         return [i for i in range(len(self.counts)) if self.kind(i) == kind]
@@ -735,9 +877,10 @@ class Alternation:
 
     @property
     def ratio(self) -> float:
-        """Token-based / amount-based Reserve calls/s."""
-        amount = self.calls_per_s("amount")
-        return self.calls_per_s("tokens") / amount if amount else 0.0
+        """Reserve calls/s of the other kind / of the base kind (tokens / amount, large /
+        small)."""
+        base = self.calls_per_s(self.kinds[0])
+        return self.calls_per_s(self.kinds[1]) / base if base else 0.0
 
     def cpu_us_per_call(self, kind: str) -> float:
         slices = self._slices(kind)
@@ -763,40 +906,39 @@ class Alternation:
         """
         pairs = []
         for j in range(len(self.counts) // 2):
-            a, t = (2 * j, 2 * j + 1) if self.kind(2 * j) == "amount" else (2 * j + 1, 2 * j)
-            pairs.append((self.counts[a], self.counts[t]))
+            b, o = (2 * j, 2 * j + 1) if self.kind(2 * j) == self.kinds[0] else (2 * j + 1, 2 * j)
+            pairs.append((self.counts[b], self.counts[o]))
         size = max(1, round(block_s / (2 * self.slice_s)))
         blocks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
         rng = random.Random(0)
         ratios = []
         for _ in range(resamples):
-            amount = tokens = 0
+            base = other = 0
             for block in (rng.choice(blocks) for _ in blocks):
-                amount += sum(a for a, _ in block)
-                tokens += sum(t for _, t in block)
-            ratios.append(tokens / amount if amount else 0.0)
+                base += sum(b for b, _ in block)
+                other += sum(o for _, o in block)
+            ratios.append(other / base if base else 0.0)
         ratios.sort()
         tail = (1 - level) / 2
         return ratios[int(tail * (resamples - 1))], ratios[int((1 - tail) * (resamples - 1))]
 
     def summary(self) -> dict[str, Any]:
         low, high = self.interval()
-        amount, tokens = self.cpu_us_per_call("amount"), self.cpu_us_per_call("tokens")
+        base_kind, other_kind = self.kinds
+        base, other = self.cpu_us_per_call(base_kind), self.cpu_us_per_call(other_kind)
         return {
             "slice_s": self.slice_s,
             "guard_s": self.guard_s,
             "slices": len(self.counts),
-            "calls_counted": {
-                k: sum(self.counts[i] for i in self._slices(k)) for k in ("amount", "tokens")
-            },
+            "calls_counted": {k: sum(self.counts[i] for i in self._slices(k)) for k in self.kinds},
             "ratio_interval_90": [round(low, 4), round(high, 4)],
             # Calls of the other kind still completing past the guard, as a share of the calls
             # counted: they pull the ratio towards 1 by about this share of its distance to 1.
             "overlap_fraction": round(self.overlap, 4),
             "service_cpu_us_per_call": {
-                "amount": round(amount, 1),
-                "tokens": round(tokens, 1),
-                "tokens_extra": round(tokens - amount, 1),
+                base_kind: round(base, 1),
+                other_kind: round(other, 1),
+                f"{other_kind}_extra": round(other - base, 1),
             },
         }
 
@@ -909,6 +1051,11 @@ def machine_info(client_: redis.Redis | None = None) -> dict[str, Any]:
     return info
 
 
+def _count(n: int) -> str:
+    """100000 -> "100k"; 2500 -> "2,500"."""
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"{n:,}"
+
+
 def _aim(value: float, aim: str) -> str:
     op, _, bound = aim.partition(" ")
     met = value >= float(bound) if op == ">=" else value < float(bound)
@@ -923,6 +1070,7 @@ def render(report: dict[str, Any]) -> str:
     ph = report["phases"]
     tok = p["token_reserve"]
     alt = d["token_reserve"]
+    sc = d["scale"]
     cpu_us = alt["service_cpu_us_per_call"]
     lines = [
         "",
@@ -981,6 +1129,23 @@ def render(report: dict[str, Any]) -> str:
             _aim(f["token_reserve_ratio"], AIMS["token_reserve_ratio"])
             + f" (90% interval {alt['ratio_interval_90'][0]:.3f} -"
             f" {alt['ratio_interval_90'][1]:.3f})",
+        ),
+        (
+            "scale: 10 budgets, Reserve calls/s",
+            f"{f['scale_small_reserve_calls_per_s']:,.0f}",
+            "(org cap, team, 8 users; 3 cover each)",
+        ),
+        (
+            f"scale: {_count(p['scale_budgets'])} budgets, Reserve calls/s",
+            f"{f['scale_large_reserve_calls_per_s']:,.0f}",
+            f"(org cap, team, {p['scale_budgets']:,} users)",
+        ),
+        (
+            f"RATIO {_count(p['scale_budgets'])} budgets / 10 budgets Reserve calls/s",
+            f"{f['scale_reserve_ratio']:.3f}",
+            _aim(f["scale_reserve_ratio"], AIMS["scale_reserve_ratio"])
+            + f" (90% interval {sc['ratio_interval_90'][0]:.3f} -"
+            f" {sc['ratio_interval_90'][1]:.3f})",
         ),
         (
             "Reserve p50 / p99 (µs), reserve-only, amount",
@@ -1043,6 +1208,16 @@ def render(report: dict[str, Any]) -> str:
         f" {alt['overlap_fraction']:.1%})",
         f"service event-loop CPU µs per Reserve: amount {cpu_us['amount']:,.0f},"
         f" tokens {cpu_us['tokens']:,.0f} ({cpu_us['tokens_extra']:+,.0f} to price the tokens)",
+        f"scale: {sc['budgets']['large']:,} budgets created in {sc['create_seconds']:g} s"
+        f" (PostgreSQL COPY with audit rows, then Redis 1,000 a script), read by the service in"
+        f" {sc['first_load_seconds']:g} s; service memory"
+        f" {sc['service_rss_mib']['before']:,.0f} -> {sc['service_rss_mib']['after']:,.0f} MiB"
+        f" (~{sc['service_rss_bytes_per_budget']:,} bytes per budget); Reserve p50/p99 µs"
+        f" 10 budgets {sc['small_reserve_p50_us']:,.0f}/{sc['small_reserve_p99_us']:,.0f},"
+        f" {sc['budgets']['large']:,} budgets"
+        f" {sc['large_reserve_p50_us']:,.0f}/{sc['large_reserve_p99_us']:,.0f};"
+        f" service event-loop CPU µs per Reserve {sc['service_cpu_us_per_call']['small']:,.0f}"
+        f" / {sc['service_cpu_us_per_call']['large']:,.0f}",
         f"CPU-normalized ratio (whole-stack CPU µs per call, ceiling / budget):"
         f" {d['cpu_normalized_ratio']:.3f}  (the ratio if nothing else ran on the machine)",
         "",

@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import itertools
+import random
 import signal
 import time
 import traceback
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -71,6 +73,10 @@ class Config:
     run_tag: str
     channels: int
     server_pids: list[int]
+    # the scale phase: two orgs on the same server, one of few budgets and one of many; each
+    # Reserve names a random one of the org's users (user budgets u000000, u000001, ...)
+    scale_orgs: tuple[str, str] = ("", "")
+    scale_users: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -85,16 +91,27 @@ class Phase:
     concurrency: int = 1
     rate: float = 0.0  # open loop: Reserve+Commit pairs per second from this client
     offset_ns: int = 0  # open loop: this client's first arrival after the warm-up starts
-    # reserve_ab: from the window's start, slices of this length, each of one kind (SLICE_KINDS)
+    # reserve_ab: from the window's start, slices of this length, each of one of `kinds`
+    # (SLICE_PATTERN)
     slice_ns: int = 0
     # reserve_ab: a call counts for its kind when it starts at least this long after its slice
     # does (by then the calls of the slice before have completed: the service does one kind)
     guard_ns: int = 0
+    kinds: tuple[str, str] = ("amount", "tokens")
 
 
-# reserve_ab: slice i sends amount-based or token-based Reserves as SLICE_KINDS[i % 4] says:
-# each pair of slices has one of each, and which goes first alternates.
-SLICE_KINDS = ("amount", "tokens", "tokens", "amount")
+# reserve_ab: slice i sends Reserves of kinds[SLICE_PATTERN[i % 4]]: each pair of slices has one
+# of each, and which goes first alternates. The kinds: amount- or token-based Reserves (the
+# reserve-only phase), or Reserves on the scale phase's org of few ("small") or many ("large")
+# budgets.
+SLICE_PATTERN = (0, 1, 1, 0)
+TOKEN_KINDS = ("amount", "tokens")
+SCALE_KINDS = ("small", "large")
+
+
+def slice_kind(kinds: tuple[str, str], index: int) -> str:
+    """The kind of Reserve slice `index` sends."""
+    return kinds[SLICE_PATTERN[index % len(SLICE_PATTERN)]]
 
 
 @dataclass
@@ -109,7 +126,7 @@ class Result:
     errors: Counter[str] = field(default_factory=Counter)  # "op:CODE" -> calls, whole phase
     error_sample: str = ""  # the first error's details
     dropped: int = 0  # open loop: arrivals not started (too many outstanding)
-    # reserve_ab: "amount"/"tokens" -> ns of the calls counted for that kind (by start time)
+    # reserve_ab: kind ("amount", "small", ...) -> ns of the calls counted for it (by start time)
     by_kind: dict[str, array[int]] = field(default_factory=dict)
     slices: dict[int, int] = field(default_factory=dict)  # reserve_ab: slice -> calls counted
     # reserve_ab: calls that completed in a slice of the other kind, past its guard
@@ -240,7 +257,7 @@ class Client:
         if phase.kind == "open":
             await self._open_loop(phase, recorder, end)
         elif phase.kind == "reserve_ab":
-            op = self._alternating(phase.slice_ns, phase.guard_ns)
+            op = self._alternating(phase.slice_ns, phase.guard_ns, phase.kinds)
             await asyncio.gather(
                 *(self._closed_slot(op, slot, recorder, end) for slot in range(phase.concurrency))
             )
@@ -318,18 +335,35 @@ class Client:
             return
         recorder.add("reserve", t0, time.perf_counter_ns())
 
-    def _alternating(self, slice_ns: int, guard_ns: int) -> Any:
-        """A Reserve of the kind of the slice it starts in, amount- or token-based (reserve_ab).
+    def _scale_request(self, which: int) -> pb.ReserveRequest:
+        """An amount-based Reserve on one of the scale phase's orgs, for a random user of it."""
+        rid = f"bench-{self.config.run_tag}-{self.config.index}-{next(self._ids)}"
+        subject = pb.Subject(
+            org=self.config.scale_orgs[which],
+            **{**SUBJECT, "user": f"u{random.randrange(self.config.scale_users[which]):06d}"},  # type: ignore[arg-type]
+        )
+        return pb.ReserveRequest(
+            reservation_id=rid, subject=subject, amount_nanos=RESERVE_NANOS, ttl=self._ttl
+        )
+
+    def _alternating(self, slice_ns: int, guard_ns: int, kinds: tuple[str, str]) -> Any:
+        """A Reserve of the kind of the slice it starts in (reserve_ab): amount- or token-based,
+        or on the scale phase's small or large org.
 
         Each call in the window counts as "reserve", as in the other phases. It also counts for
         its kind, with its slice, when it started in the window and past the slice's guard.
         """
-        make = {"amount": self._reserve_request, "tokens": self._token_reserve_request}
+        make: dict[str, Callable[[], pb.ReserveRequest]] = {
+            "amount": self._reserve_request,
+            "tokens": self._token_reserve_request,
+            "small": lambda: self._scale_request(0),
+            "large": lambda: self._scale_request(1),
+        }
 
         async def op(channel: int, recorder: _Recorder) -> None:
             t0 = time.perf_counter_ns()
             index, into = divmod(t0 - recorder.begin, slice_ns)
-            kind = SLICE_KINDS[index % len(SLICE_KINDS)]
+            kind = slice_kind(kinds, index)
             try:
                 await self._reserve[channel](make[kind](), timeout=CALL_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
@@ -343,7 +377,7 @@ class Client:
             if (
                 recorder.begin <= t1 < recorder.end
                 and done_into >= guard_ns
-                and SLICE_KINDS[done_in % len(SLICE_KINDS)] != kind
+                and slice_kind(kinds, done_in) != kind
             ):
                 recorder.overlapping += 1  # in the other kind's counted time
 

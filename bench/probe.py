@@ -41,7 +41,7 @@ async def _probe(url: str, org: str, calls: int) -> dict[str, Any]:
         await scripts.load()
         engine = Engine(
             scripts,
-            ConfigCache(redis),
+            ConfigCache(scripts),
             SystemClock(),
             retention_ms=int(settings.retention_seconds * 1000),
         )

@@ -192,3 +192,14 @@ def main_thread_run_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return int(fields[0]) / 1e9 if fields else 0.0
+
+
+def resident_bytes(pid: int) -> int:
+    """Resident memory of a process (VmRSS), in bytes (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

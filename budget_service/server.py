@@ -141,7 +141,7 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     await db.migrate(pool, "budget_service", record_prefix="")
     repo = BudgetRepository(pool)
     epoch = await epochs.load(pool)
-    cache = ConfigCache(redis, epoch=epoch.value)
+    cache = ConfigCache(scripts, epoch=epoch.value)
     sync = ConfigSync(scripts, epoch.value, cache)
     retention_ms = int(settings.retention_seconds * 1000)
     engine = Engine(

@@ -34,6 +34,9 @@ FIGURES = {
     "token_reserve_p50_us",
     "token_reserve_p99_us",
     "token_reserve_ratio",
+    "scale_small_reserve_calls_per_s",
+    "scale_large_reserve_calls_per_s",
+    "scale_reserve_ratio",
     "redis_us_per_reserve_script",
     "redis_us_per_evalsha_budget_run",
     "redis_us_per_reserve_script_unloaded",
@@ -69,8 +72,9 @@ def run_bench(*args: str, module: str = "bench") -> subprocess.CompletedProcess[
 def test_bench_reports_every_figure(tmp_path: Path) -> None:
     report_path = tmp_path / "bench.json"
     result = run_bench(
-        "--seconds", "0.5", "--clients", "1", "--concurrency", "4", "--json", str(report_path)
-    )
+        "--seconds", "0.5", "--clients", "1", "--concurrency", "4", "--scale-budgets", "2000",
+        "--json", str(report_path),
+    )  # fmt: skip
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
 
     report = json.loads(report_path.read_text())
@@ -90,6 +94,11 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
     # error, above), and both kinds were counted in the reserve-only phase's slices.
     counted = report["derived"]["token_reserve"]["calls_counted"]
     assert counted["amount"] > 0 and counted["tokens"] > 0, counted
+    # The scale phase compared an org of 10 budgets with one of 2,000 (+ org cap and team).
+    assert "RATIO 2k budgets / 10 budgets Reserve calls/s" in result.stdout
+    scale = report["derived"]["scale"]
+    assert scale["budgets"] == {"small": 10, "large": 2002}
+    assert scale["calls_counted"]["small"] > 0 and scale["calls_counted"]["large"] > 0, scale
 
 
 def test_ledger_bench_reports_writer_throughput(tmp_path: Path) -> None:

@@ -76,7 +76,7 @@ async def test_reserve_decides_exactly_on_a_negative_hold_counter(
     app, budgets, admin, org, reserved, room
 ):
     await upsert(admin, org, "cap", 1_000_000_000)
-    uid = (await app.engine.cache.reload(org)).budgets[0].uid
+    uid = (await app.engine.cache.refresh(org)).budgets[0].uid
     await app.redis.hset(keys.budget(org, uid), "reserved", reserved)
     if room is None:
         held = await reserve(budgets, org, app.settings.max_amount_nanos)

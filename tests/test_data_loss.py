@@ -307,7 +307,7 @@ async def test_a_rebuild_of_the_whole_data_set_covers_orgs_without_budgets(autom
 async def test_reconciliation_reports_a_negative_counter_even_where_the_ledger_agrees(manual, org):
     s = manual
     await upsert(s.admin, org, "cap", usd("1.00"))
-    uid = (await s.app.engine.cache.reload(org)).budgets[0].uid
+    uid = (await s.app.engine.cache.refresh(org)).budgets[0].uid
     # a ledger whose holds on the budget sum below zero, and a Redis that agrees with it
     await s.app.pool.execute(
         "INSERT INTO ledger_events (org, event_id, type, reservation_id, at, amount_nanos,"

@@ -358,7 +358,7 @@ class BudgetMachine(RuleBasedStateMachine):
         self.engines = [
             Engine(
                 self.scripts,
-                ConfigCache(self.client, epoch=EPOCH),
+                ConfigCache(self.scripts, epoch=EPOCH),
                 self.clock,
                 retention_ms=RETENTION_MS,
             )
@@ -722,7 +722,7 @@ class _Org:
         self.run(ConfigSync(self.scripts, EPOCH).push(self.config, first_of_org=True))
         self.engine = Engine(
             self.scripts,
-            ConfigCache(self.client, epoch=EPOCH),
+            ConfigCache(self.scripts, epoch=EPOCH),
             self.clock,
             retention_ms=RETENTION_MS,
         )

@@ -114,7 +114,7 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
         self.sync = sync
         self.client = client
         self.clock = clock
-        self.cache = cache or ConfigCache(client)
+        self.cache = cache or ConfigCache(sync.scripts)
         self.reports = SpendReports(repo.pool)
 
     @rpc("UpsertBudget")
@@ -219,7 +219,7 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
             for rid in ids[:size]:
                 pipe.hmget(keys.reservation(org, rid), *fields)
             records = await redis_call(pipe.execute())
-        config = await self.cache.reload(org)
+        config = await self.cache.refresh(org)
         out = pb.ListReservationsResponse()
         for rid, (state, amount, uids, exp, created, subj, pv) in zip(ids, records, strict=False):
             if state != "held":  # ended between the two reads

@@ -248,7 +248,7 @@ class BudgetService(budget_pb2_grpc.BudgetServiceServicer):
         config = await self.engine.cache.get(org)
         price = price_refs.highest_unknown_model_price(config.covering(pairs))
         if price is None:
-            config = await self.engine.cache.reload(org)
+            config = await self.engine.cache.refresh(org)
             price = price_refs.highest_unknown_model_price(config.covering(pairs))
         return None if price is None else price_refs.unknown_model(price)
 

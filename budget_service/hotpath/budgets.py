@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfoNotFoundError
@@ -22,9 +23,13 @@ MODE_NAMES: dict[int, str] = {pb.MODE_HARD: "hard", pb.MODE_SOFT: "soft", pb.MOD
 MODES_BY_NAME = {name: mode for mode, name in MODE_NAMES.items()}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BudgetConfig:
-    """One budget as PostgreSQL stores it and Redis mirrors it."""
+    """One budget as PostgreSQL stores it and Redis mirrors it.
+
+    An org may hold 100,000 of these in every service process: slots, and the strings and
+    threshold tuples that repeat from budget to budget shared (from_json), keep each small.
+    """
 
     uid: int
     id: str
@@ -87,13 +92,13 @@ class BudgetConfig:
         return cls(
             uid=d["uid"],
             id=d["id"],
-            org=d["org"],
-            selector=d["selector"],
+            org=sys.intern(d["org"]),
+            selector={sys.intern(k): v for k, v in d["selector"].items()},
             limit_nanos=int(d["limit"]),
             period=d["period"],
-            timezone=d["tz"],
+            timezone=sys.intern(d["tz"]),
             mode=d["mode"],
-            alert_thresholds_percent=tuple(d["thresholds"]),
+            alert_thresholds_percent=_shared_thresholds(d["thresholds"]),
             overdraft_nanos=int(d["od"]),
             version=d["version"],
             created_at_ms=d["created"],
@@ -120,6 +125,17 @@ class BudgetConfig:
         budget.created_at.FromMilliseconds(self.created_at_ms)
         budget.updated_at.FromMilliseconds(self.updated_at_ms)
         return budget
+
+
+_THRESHOLDS: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+
+def _shared_thresholds(values: list[int]) -> tuple[int, ...]:
+    """One tuple object per distinct list of thresholds (most budgets keep the defaults)."""
+    key = tuple(values)
+    if len(_THRESHOLDS) > 10_000:  # bounded: distinct lists are few, unless someone tries
+        _THRESHOLDS.clear()
+    return _THRESHOLDS.setdefault(key, key)
 
 
 def subject_pairs(subject: pb.Subject) -> frozenset[tuple[str, str]]:

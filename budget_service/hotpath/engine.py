@@ -133,7 +133,8 @@ class Engine:
         if self.data_set_lost:
             # The whole data set was lost: an org is usable again once its rebuild put the
             # epoch back (orgs are rebuilt one by one); read it from Redis on every call.
-            config = await self.cache.reload(org)
+            self.cache.forget(org)
+            config = await self.cache.get(org)
             if not config.epoch:
                 raise self._lost(org)
             return config
@@ -210,7 +211,7 @@ class Engine:
             )
             status = reply[0]
             if status == "STALE":
-                config = await self.cache.reload(org)
+                config = await self.cache.refresh(org)
                 continue
             if status == "LOST":
                 raise self._lost(org)
@@ -286,7 +287,7 @@ class Engine:
             elif reply[0] == "PV":
                 price_ref = reply[1]
             elif reply[0] == "STALE":
-                config = await self.cache.reload(org)
+                config = await self.cache.refresh(org)
             elif reply[0] == "LOST":
                 raise self._lost(org)
             elif reply[0] == "NOTFOUND":

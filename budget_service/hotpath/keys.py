@@ -5,7 +5,10 @@ slot and the same scripts run on Redis Cluster, sharded by org. Org, budget and 
 are validated (servicekit/validation.py) so they can never contain `{` or `}`.
 
     ba:{org}:cfg          hash   `_v` -> config version; `_e` -> data-set epoch;
-                                 <budget uid> -> budget config JSON
+                                 <budget uid> -> budget config JSON; fields starting with `_`
+                                 are the hash's own (`_f`: the change log's floor), never budgets
+    ba:{org}:cfg:changes  zset   budget uids by the config version of their last change (the
+                                 newest 10,000), so caches catch up on just what changed
     ba:{org}:b:<uid>      hash   one budget's limit, overdraft, mode and period counters
     ba:{org}:r:<id>       hash   one reservation: state, amount, budgets, expiry, answers
     ba:{org}:exp          zset   held reservation ids scored by expiry (ms), for the sweeper
@@ -24,6 +27,11 @@ EPOCH = "ba:epoch"
 def config(org: str) -> str:
     """The org's budget configuration hash."""
     return f"ba:{{{org}}}:cfg"
+
+
+def config_changes(org: str) -> str:
+    """The org's configuration change log: uid -> version of its last change."""
+    return f"ba:{{{org}}}:cfg:changes"
 
 
 def budget(org: str, uid: int | str) -> str:

@@ -35,6 +35,8 @@ SCRIPT_NAMES = (
     "upsert_budget",
     "delete_budget",
     "sync_org",
+    "config_changes",
+    "config_check",
     "snapshot",
     "restore",
     "prune_org",

@@ -57,7 +57,13 @@ class Sweeper:
         for org in orgs:
             reply = await self.engine.scripts.run(
                 "prune_org",
-                [keys.ORGS, keys.config(org), keys.expiries(org), keys.ledger(org)],
+                [
+                    keys.ORGS,
+                    keys.config(org),
+                    keys.expiries(org),
+                    keys.ledger(org),
+                    keys.config_changes(org),
+                ],
                 [org, idle_ms],
             )
             if reply[0] == "PRUNED":

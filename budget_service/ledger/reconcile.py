@@ -89,7 +89,7 @@ async def compare_org(
     rows = await pool.fetch(LEDGER_SUMS, org, [b.uid for b in budgets], pstarts, ms, seq)
     sums = {r["budget_uid"]: (int(r["spent"]), int(r["reserved"])) for r in rows}
     out = []
-    for b, (spent, reserved, _pstart, _exists) in zip(budgets, states, strict=True):
+    for b, (spent, reserved, _pstart, _exists, _overage) in zip(budgets, states, strict=True):
         ledger_spent, ledger_reserved = sums.get(b.uid, (0, 0))
         for counter, in_redis, in_ledger in (
             ("spent", int(spent), ledger_spent),

@@ -223,6 +223,7 @@ async def rebuild_org(
                 keys.config(org),
                 keys.expiries(org),
                 keys.ledger(org),
+                keys.config_changes(org),
                 *((keys.budget(org, u) for u in uids) if last else ()),
                 *(keys.reservation(org, h["reservation_id"]) for h in held),
                 *(keys.reservation(org, e["reservation_id"]) for e in done),

@@ -37,6 +37,7 @@ from budget_service.ledger.writer import LedgerWriter
 from servicekit.clock import Clock
 from servicekit.errors import ConfigError
 
+UTILIZATION_CHUNK = 1000  # budgets whose counters one script call reads
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -91,29 +92,36 @@ class Utilization:
         return cls({})
 
     async def refresh(self, redis: aioredis.Redis, cache: ConfigCache, clock: Clock) -> None:
-        """Read every budget's spent counter (one pipeline per org)."""
+        """Read every budget's spent counter, UTILIZATION_CHUNK budgets per script call.
+
+        The config comes from the cache, caught up with what changed, not re-read; the
+        counters come through the read-only snapshot script in chunks, so an org of 100,000
+        budgets never holds Redis or the event loop for long.
+        """
         ratios: dict[tuple[str, str], float] = {}
         overage: dict[tuple[str, str], tuple[int, int]] = {}
         now = clock.now_ms()
         for org in sorted(await redis_call(redis.smembers(keys.ORGS))):
             try:
-                config = await cache.reload(org)
+                config = await cache.refresh(org)
             except DataLost:  # no counters to show until it is rebuilt
                 continue
-            if not config.budgets:
-                continue
-            async with redis.pipeline(transaction=False) as pipe:
-                for b in config.budgets:
-                    pipe.hmget(keys.budget(org, b.uid), "spent", "pstart", "ovn")
-                states = await redis_call(pipe.execute())
-            for b, (spent, pstart, commits) in zip(config.budgets, states, strict=True):
-                start = bounds_ms(b.period, b.timezone, now)[0]
-                in_period = spent_in_period(spent, pstart, start)
-                # a ratio for a dashboard, not money: a float is what Prometheus carries
-                ratios[(org, b.id)] = in_period / b.limit_nanos if b.limit_nanos else 0.0
-                if in_period > b.limit_nanos:
-                    over_commits = spent_in_period(commits, pstart, start)
-                    overage[(org, b.id)] = (in_period - b.limit_nanos, over_commits)
+            budgets = list(config.by_uid.values())  # the cache may change while we await
+            for start in range(0, len(budgets), UTILIZATION_CHUNK):
+                chunk = budgets[start : start + UTILIZATION_CHUNK]
+                reply = await cache.scripts.run(
+                    "snapshot", [keys.ledger(org), *(keys.budget(org, b.uid) for b in chunk)], []
+                )
+                for b, (spent, _reserved, pstart, _exists, commits) in zip(
+                    chunk, reply[1], strict=True
+                ):
+                    start_ms = bounds_ms(b.period, b.timezone, now)[0]
+                    in_period = spent_in_period(spent, pstart, start_ms)
+                    # a ratio for a dashboard, not money: a float is what Prometheus carries
+                    ratios[(org, b.id)] = in_period / b.limit_nanos if b.limit_nanos else 0.0
+                    if in_period > b.limit_nanos:
+                        over_commits = spent_in_period(commits, pstart, start_ms)
+                        overage[(org, b.id)] = (in_period - b.limit_nanos, over_commits)
         self.ratios = ratios
         self.overage = overage
         self.taken_at = time.time()

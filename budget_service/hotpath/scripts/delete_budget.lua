@@ -1,9 +1,10 @@
 -- Drop a budget from Redis: its counters and any holds on it go with it.
 local cfg_key = KEYS[1]
 local budget_key = KEYS[2]
+local log_key = KEYS[3]
 
 local uid = ARGV[1]
 
 redis.call('DEL', budget_key)
-if redis.call('HDEL', cfg_key, uid) == 1 then redis.call('HINCRBY', cfg_key, '_v', 1) end
+if redis.call('HDEL', cfg_key, uid) == 1 then config_changed(cfg_key, log_key, {uid}) end
 return reply({'OK'})

@@ -146,6 +146,23 @@ local function config_check(cfg_key, cfg_version, epoch)
   return nil
 end
 
+-- Every change of an org's configuration ends here, in the script that makes it: the version
+-- goes up by one and each changed budget's uid is logged with it in the org's change log (a
+-- sorted set, uid -> version of its last change), so a cache catches up by reading only what
+-- changed since its version (config_changes.lua). The log keeps the CHANGE_LOG_MAX most recent
+-- uids; `_f` in the config hash is the newest version it no longer fully holds.
+local CHANGE_LOG_MAX = 10000
+local function config_changed(cfg_key, log_key, uids)
+  local version = redis.call('HINCRBY', cfg_key, '_v', 1)
+  for i = 1, #uids do redis.call('ZADD', log_key, version, uids[i]) end
+  local extra = redis.call('ZCARD', log_key) - CHANGE_LOG_MAX
+  if extra > 0 then
+    local last = redis.call('ZRANGE', log_key, extra - 1, extra - 1, 'WITHSCORES')
+    redis.call('ZREMRANGEBYRANK', log_key, 0, extra - 1)
+    redis.call('HSET', cfg_key, '_f', last[2])
+  end
+end
+
 -- The outbox: append an event to the org's ledger stream in the same atomic step as the change
 -- it records, so counters and the ledger cannot disagree (budget_service/ledger/writer.py
 -- drains it into PostgreSQL). `effects` lists 'uid:period_start:spent_delta:reserved_delta'.

@@ -9,6 +9,7 @@ local registry_key = KEYS[1]
 local cfg_key = KEYS[2]
 local exp_key = KEYS[3]
 local ledger_key = KEYS[4]
+local log_key = KEYS[5]
 
 local org = ARGV[1]
 local idle_ms = tonumber(ARGV[2])
@@ -37,6 +38,6 @@ if redis.call('EXISTS', ledger_key) == 1 then
   if now_ms - last_ms < idle_ms then return reply({'BUSY', 'recent'}) end
   redis.call('DEL', ledger_key)
 end
-redis.call('DEL', cfg_key)
+redis.call('DEL', cfg_key, log_key)
 redis.call('SREM', registry_key, org)
 return reply({'PRUNED'})

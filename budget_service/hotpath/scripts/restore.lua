@@ -6,7 +6,8 @@
 local cfg_key = KEYS[1]
 local exp_key = KEYS[2]
 local ledger_key = KEYS[3]
--- KEYS[4 ..]: budget state hashes (n), then the records of open holds (m), then the records of
+local log_key = KEYS[4]  -- the config change log (config_changes.lua)
+-- KEYS[5 ..]: budget state hashes (n), then the records of open holds (m), then the records of
 -- reservations Redis holds that the ledger says ended (k)
 
 local epoch = ARGV[1]
@@ -35,7 +36,7 @@ if finish then
   local keep = {}
   for i = 0, n - 1 do
     local base = a + BUDGET_ARGS * i
-    local key = KEYS[4 + i]
+    local key = KEYS[5 + i]
     redis.call('DEL', key)
     redis.call('HSET', key, 'id', ARGV[base + 2], 'limit', ARGV[base + 3], 'od', ARGV[base + 4],
       'mode', ARGV[base + 5], 'ver', ARGV[base + 6], 'spent', ARGV[base + 7],
@@ -54,7 +55,7 @@ a = a + BUDGET_ARGS * n
 
 for j = 0, m - 1 do
   local base = a + HOLD_ARGS * j
-  local key = KEYS[4 + n + j]
+  local key = KEYS[5 + n + j]
   local expires = ARGV[base + 3]
   if redis.call('HGET', key, 'state') == 'held' then
     redis.call('HSET', key, 'exp', expires)
@@ -76,7 +77,7 @@ a = a + HOLD_ARGS * m
 
 for j = 0, k - 1 do
   local base = a + ENDED_ARGS * j
-  local key = KEYS[4 + n + m + j]
+  local key = KEYS[5 + n + m + j]
   local r = redis.call('HMGET', key, 'state', 'created')
   if r[1] == 'held' and r[2] == ARGV[base + 1] then
     local state = ARGV[base + 2]
@@ -96,12 +97,17 @@ for j = 0, k - 1 do
 end
 
 if finish then
-  -- a version no process has cached: the next call of every replica reloads the config
+  -- a version no process has cached, below which the change log says nothing: the next call
+  -- of every replica reads the whole config again
+  local version
   if redis.call('HEXISTS', cfg_key, '_v') == 1 then
-    redis.call('HINCRBY', cfg_key, '_v', 1)
+    version = redis.call('HINCRBY', cfg_key, '_v', 1)
   else
-    redis.call('HSET', cfg_key, '_v', now_ms)
+    version = now_ms
+    redis.call('HSET', cfg_key, '_v', version)
   end
+  redis.call('DEL', log_key)
+  redis.call('HSET', cfg_key, '_f', version)
   if ledger_last_id ~= '' then
     if redis.call('EXISTS', ledger_key) == 0 then
       redis.call('XGROUP', 'CREATE', ledger_key, group, '0', 'MKSTREAM')

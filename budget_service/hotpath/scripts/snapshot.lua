@@ -12,7 +12,7 @@ if redis.call('EXISTS', ledger_key) == 1 then
 end
 local states = {}
 for i = 2, #KEYS do
-  local v = redis.call('HMGET', KEYS[i], 'spent', 'reserved', 'pstart', 'id')
-  states[#states + 1] = {v[1] or '0', v[2] or '0', v[3] or '0', v[4] and 1 or 0}
+  local v = redis.call('HMGET', KEYS[i], 'spent', 'reserved', 'pstart', 'id', 'ovn')
+  states[#states + 1] = {v[1] or '0', v[2] or '0', v[3] or '0', v[4] and 1 or 0, v[5] or '0'}
 end
 return reply({last_id, states})

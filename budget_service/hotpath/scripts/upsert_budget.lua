@@ -5,6 +5,7 @@
 -- org's very first budget may write the epoch (`init`).
 local cfg_key = KEYS[1]
 local budget_key = KEYS[2]
+local log_key = KEYS[3]
 
 local uid = ARGV[1]
 local config_json = ARGV[2]
@@ -27,5 +28,5 @@ redis.call('HSETNX', budget_key, 'spent', '0')
 redis.call('HSETNX', budget_key, 'reserved', '0')
 redis.call('HSETNX', budget_key, 'pstart', '0')
 redis.call('HSET', cfg_key, uid, config_json)
-redis.call('HINCRBY', cfg_key, '_v', 1)
+config_changed(cfg_key, log_key, {uid})
 return reply({'OK'})
