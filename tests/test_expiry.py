@@ -8,6 +8,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
+from budget_service.hotpath import keys
 from genproto.budget.v1 import budget_pb2 as pb
 from tests.helpers import rid, status, upsert, usd
 
@@ -63,15 +64,22 @@ async def test_commit_after_expiry_is_still_charged_and_marked_late(budgets, adm
     assert (st.spent_nanos, st.reserved_nanos) == (usd("0.25"), 0)
 
 
-async def test_extend_keeps_a_hold_past_its_first_ttl(budgets, admin, org):
+async def test_extend_keeps_a_hold_past_its_first_ttl(app, budgets, admin, clock, org):
     await upsert(admin, org, "cap", usd("1"))
     reservation_id = await reserve_with_ttl(budgets, org, usd("0.30"), ttl_seconds=1)
+    before = clock.now_ms()
     extended = await budgets.Extend(
         pb.ExtendRequest(
             org=org, reservation_id=reservation_id, ttl=duration_pb2.Duration(seconds=60)
         )
     )
-    assert extended.expires_at.seconds > 0
+    after = clock.now_ms()
+    expires = extended.expires_at.ToMilliseconds()
+    # 60 s from the moment the service handled the call, on the service's clock
+    assert before + 60_000 <= expires <= after + 60_000
+    # what the sweeper and a rebuild go by: the record, the expiry index, the ledger
+    assert int(await app.redis.hget(keys.reservation(org, reservation_id), "exp")) == expires
+    assert await app.redis.zscore(keys.expiries(org), reservation_id) == expires
     await asyncio.sleep(1.6)  # past the first TTL, several sweeper passes
     assert (await status(admin, org, "cap")).reserved_nanos == usd("0.30")
 

@@ -110,9 +110,11 @@ async def test_only_critical_priority_may_use_the_overdraft_band(budgets, admin,
     assert "remaining_nanos=0" in quota_failure(refused.value).violations[0].description
 
 
-async def test_reserve_answers_balances_of_every_held_budget(budgets, admin, org):
+async def test_reserve_answers_balances_of_every_held_budget(app, budgets, admin, clock, org):
     await upsert(admin, org, "org-cap", usd("1"))
+    before = clock.now_ms()
     held = await reserve(budgets, org, usd("0.25"))
+    after = clock.now_ms()
     assert held.reserved_nanos == usd("0.25")
     (balance,) = held.budgets
     assert (
@@ -121,7 +123,8 @@ async def test_reserve_answers_balances_of_every_held_budget(budgets, admin, org
         balance.reserved_nanos,
         balance.remaining_nanos,
     ) == (usd("1"), 0, usd("0.25"), usd("0.75"))
-    assert held.expires_at.seconds > 0
+    ttl_ms = int(app.settings.default_ttl_seconds * 1000)  # no ttl asked: the default
+    assert before + ttl_ms <= held.expires_at.ToMilliseconds() <= after + ttl_ms
 
 
 async def test_budget_limits_above_two_to_the_53_nanos_compare_exactly(budgets, admin, org):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from google.protobuf import duration_pb2
 
+from budget_service import server
 from budget_service.hotpath import keys
 from genproto.budget.v1 import budget_pb2 as pb
+from genproto.budget.v1 import budget_pb2_grpc
+from tests.conftest import service_settings
 from tests.helpers import reserve, rid, status, upsert, usd
 
 
@@ -172,9 +177,34 @@ async def test_reservation_in_an_org_without_budgets_is_admitted_and_settles(bud
 
 async def test_ended_reservation_answers_retries_for_at_least_a_day(app, budgets, org):
     held = await reserve(budgets, org, usd("0.10"))
-    await commit(budgets, org, held.reservation_id, usd("0.10"))
+    first = await commit(budgets, org, held.reservation_id, usd("0.10"))
     ttl_ms = await app.redis.pttl(keys.reservation(org, held.reservation_id))
     assert ttl_ms >= 24 * 3600 * 1000
+    assert await commit(budgets, org, held.reservation_id, usd("0.10")) == first
+
+
+async def test_retries_answer_until_the_retention_ends_then_never_charge_again(stack, org):
+    """IDEMPOTENCY_RETENTION_SECONDS, shortened to see both sides of it."""
+    short = await server.start(service_settings(stack, retention_seconds=2.0))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{short.port}") as channel:
+            stub = budget_pb2_grpc.BudgetServiceStub(channel)
+            admin = budget_pb2_grpc.BudgetAdminServiceStub(channel)
+            await upsert(admin, org, "cap", usd("1"))
+            held = await reserve(stub, org, usd("0.10"))
+            first = await commit(stub, org, held.reservation_id, usd("0.10"))
+            await asyncio.sleep(1.0)  # within the retention: the first answer, no new charge
+            assert await commit(stub, org, held.reservation_id, usd("0.10")) == first
+            for _ in range(60):  # bounded: the record expires about 2 s after the commit
+                if not await short.redis.exists(keys.reservation(org, held.reservation_id)):
+                    break
+                await asyncio.sleep(0.1)
+            with pytest.raises(grpc.aio.AioRpcError) as gone:
+                await commit(stub, org, held.reservation_id, usd("0.10"))
+            assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+            assert (await status(admin, org, "cap")).spent_nanos == usd("0.10")
+    finally:
+        await short.stop()
 
 
 async def test_zero_estimate_hold_commits_and_releases(budgets, admin, org):

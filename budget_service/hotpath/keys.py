@@ -22,6 +22,7 @@ from __future__ import annotations
 
 ORGS = "ba:orgs"
 EPOCH = "ba:epoch"
+LEDGER_GROUP = "ledger"  # the ledger writers' consumer group on every outbox stream
 
 
 def config(org: str) -> str:

@@ -64,7 +64,7 @@ class Sweeper:
                     keys.ledger(org),
                     keys.config_changes(org),
                 ],
-                [org, idle_ms],
+                [org, idle_ms, keys.LEDGER_GROUP],
             )
             if reply[0] == "PRUNED":
                 pruned += 1

@@ -49,7 +49,7 @@ from servicekit.validation import ID_RE, ID_RULE
 
 log = structlog.get_logger(__name__)
 
-GROUP = "ledger"
+GROUP = keys.LEDGER_GROUP
 EVENT_TYPES = frozenset({"reserve", "commit", "release", "expire", "refund", "extend"})
 DIGITS = re.compile(r"[0-9]{1,19}")  # a time in ms, as the scripts write it
 # PostgreSQL refused the data itself (data exception, integrity constraint, program limit such

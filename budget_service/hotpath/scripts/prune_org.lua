@@ -13,6 +13,7 @@ local log_key = KEYS[5]
 
 local org = ARGV[1]
 local idle_ms = tonumber(ARGV[2])
+local writers_group = ARGV[3]  -- the ledger writers' consumer group
 
 for _, field in ipairs(redis.call('HKEYS', cfg_key)) do
   if string.sub(field, 1, 1) ~= '_' then return reply({'BUSY', 'budgets'}) end
@@ -24,14 +25,17 @@ if redis.call('EXISTS', ledger_key) == 1 then
   for i = 1, #info, 2 do
     if info[i] == 'last-generated-id' then last = info[i + 1] end
   end
+  -- every event delivered to the writers' group and acknowledged (an outbox whose group the
+  -- writers never created has not been written at all, unless it is empty)
+  local written = redis.call('XLEN', ledger_key) == 0
   for _, group in ipairs(redis.call('XINFO', 'GROUPS', ledger_key)) do
-    for i = 1, #group, 2 do
-      if group[i] == 'pending' and group[i + 1] > 0 then return reply({'BUSY', 'unwritten'}) end
-      if group[i] == 'last-delivered-id' and group[i + 1] ~= last then
-        return reply({'BUSY', 'unwritten'})
-      end
+    local fields = {}
+    for i = 1, #group, 2 do fields[group[i]] = group[i + 1] end
+    if fields['name'] == writers_group then
+      written = fields['pending'] == 0 and fields['last-delivered-id'] == last
     end
   end
+  if not written then return reply({'BUSY', 'unwritten'}) end
   local t = redis.call('TIME')
   local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local last_ms = tonumber(string.match(last, '^(%d+)'))
