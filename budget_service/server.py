@@ -51,7 +51,8 @@ from servicekit.settings import Settings
 log = structlog.get_logger(__name__)
 UTILIZATION_SECONDS = 10.0  # how often budget_utilization_ratio is re-read from Redis
 PRUNE_SECONDS = 600.0  # how often idle orgs are taken out of the registry (hotpath/sweeper.py)
-EPOCH_WATCH_SECONDS = 1.0  # how often the data-set sentinel is checked (ledger/recovery.py)
+EPOCH_WATCH_SECONDS = 1.0
+POOL_CLOSE_SECONDS = 10.0  # how often the data-set sentinel is checked (ledger/recovery.py)
 SERVICE_NAMES = (
     budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
     budget_pb2.DESCRIPTOR.services_by_name["BudgetAdminService"].full_name,
@@ -113,7 +114,7 @@ class App:
             self.metrics.stop()
         self.engine.scripts.close()
         await self.redis.aclose()
-        await self.pool.close()
+        await _close_pool(self.pool)
         self.stopped.set()
         log.info("server.stopped")
 
@@ -286,7 +287,16 @@ async def _close(
     await rebuilder.stop()
     scripts.close()
     await redis.aclose()
-    await pool.close()
+    await _close_pool(pool)
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    """Close the pool; connections a stuck task still holds are cut after a while."""
+    try:
+        await asyncio.wait_for(pool.close(), POOL_CLOSE_SECONDS)
+    except TimeoutError:
+        log.warning("server.pool_close_timeout", seconds=POOL_CLOSE_SECONDS)
+        pool.terminate()
 
 
 async def _serve_when_ready(health_servicer: Any, prices: PriceTable, started: float) -> None:

@@ -40,8 +40,10 @@ extend refuses it).
 
 from __future__ import annotations
 
+import zoneinfo._zoneinfo as _tzfile
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -54,21 +56,22 @@ FAILED_PRECONDITION: Outcome = ("FailedPrecondition",)
 CONFLICT: Outcome = ("IdempotencyConflict",)
 
 HARD, SOFT, SHADOW = "hard", "soft", "shadow"
+ANY_AMOUNT = -1  # a refund a rebuild restored: the ledger keeps what it gave, not what it asked
 
 
-def period_key(period: int, timezone: str, now_ms: int) -> tuple[int, ...]:
-    """The calendar name of the period `now_ms` falls in, in the budget's zone.
+@lru_cache(maxsize=64)
+def _changes_s(timezone: str) -> tuple[int, ...]:
+    """The instants (s) the zone's clocks change, from the tz database itself (the pure-Python
+    zoneinfo reader, independent of the service's period code)."""
+    return tuple(_tzfile.ZoneInfo.no_cache(timezone)._trans_utc)
 
-    Period boundaries are whole seconds, so flooring to the second is exact. `fold` tells apart
-    the two local hours with the same wall-clock name when DST ends.
-    """
-    if period in (pb.PERIOD_NONE, pb.PERIOD_UNSPECIFIED):
-        return ()
-    local = datetime.fromtimestamp(now_ms // 1000, ZoneInfo(timezone))
+
+def _label(period: int, timezone: str, second: int) -> tuple[int, ...]:
+    local = datetime.fromtimestamp(second, ZoneInfo(timezone))
     if period == pb.PERIOD_MINUTE:
-        return (local.year, local.month, local.day, local.hour, local.minute, local.fold)
+        return (local.year, local.month, local.day, local.hour, local.minute)
     if period == pb.PERIOD_HOUR:
-        return (local.year, local.month, local.day, local.hour, local.fold)
+        return (local.year, local.month, local.day, local.hour)
     if period == pb.PERIOD_DAY:
         return (local.year, local.month, local.day)
     if period == pb.PERIOD_WEEK:
@@ -79,6 +82,22 @@ def period_key(period: int, timezone: str, now_ms: int) -> tuple[int, ...]:
     if period == pb.PERIOD_YEAR:
         return (local.year,)
     raise ValueError(f"unknown period {period}")
+
+
+def period_key(period: int, timezone: str, now_ms: int) -> tuple[int, ...]:
+    """The calendar name of the period `now_ms` falls in, in the budget's zone.
+
+    A period is named by the calendar unit the wall clock shows, and names never go back: when
+    clocks go back, time shown again stays in the newest period already begun. So the name is
+    the latest label shown at any instant up to now: the label now, or the one shown just
+    before a clock change of the last 26 hours (no zone ever went back by more than a day).
+    Period boundaries are whole seconds, so flooring to the second is exact.
+    """
+    if period in (pb.PERIOD_NONE, pb.PERIOD_UNSPECIFIED):
+        return ()
+    now = now_ms // 1000
+    before_changes = [c - 1 for c in _changes_s(timezone) if now - 26 * 3600 < c <= now]
+    return max(_label(period, timezone, s) for s in [now, *before_changes])
 
 
 @dataclass
@@ -246,7 +265,7 @@ class Model:
             return NOT_FOUND
         if refund_id in r.refunds:
             asked, given = r.refunds[refund_id]
-            return ("ok", given) if asked == amount else CONFLICT
+            return ("ok", given) if asked in (amount, ANY_AMOUNT) else CONFLICT
         if r.state != "committed":
             return FAILED_PRECONDITION
         give = min(amount, r.charged - r.refunded)
@@ -277,6 +296,15 @@ class Model:
             b.reserved -= r.amount
         r.state = "expired"
         return ("ok", True)
+
+    def ended_by_rebuild(self, reservation_id: str) -> None:
+        """A rebuild ended this reservation from the ledger's account: its record keeps no
+        balances in the commit answer, and its refunds answer whatever amount a retry asks."""
+        r = self.reservations[reservation_id]
+        if r.commit_answer:
+            charged, given_back, overage, late, _balances = r.commit_answer[1]
+            r.commit_answer = ("ok", (charged, given_back, overage, late, ()))
+        r.refunds = {rid: (ANY_AMOUNT, given) for rid, (_, given) in r.refunds.items()}
 
     # -- what the store should hold -----------------------------------------------------------
 

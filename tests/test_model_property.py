@@ -17,8 +17,16 @@ forward: across period boundaries, DST changes and hold expiries (to the millise
 Limits are either small or near / above 2^53 nanos, where Lua's doubles stop being exact, and
 the counters are driven past 2^53.
 
+Budgets are created in PostgreSQL (the session's) as the admin API does, and the machine runs a
+ledger writer, so it can also lose Redis's data: all of the org's keys (then every call fails
+closed until the org is rebuilt from the ledger), or the writes since an earlier snapshot (a
+replica promoted without the last writes, repaired by a forced rebuild); after either, the
+model forgets what the rebuild cannot restore (ended reservations whose records Redis lost).
+Clock-change steps move the clock around the zones' own offset changes, with the period cache
+emptied first (a fresh process); the model names periods by its own rule (reference_model.py).
+
 Hypothesis is not async-friendly: each machine runs its engine calls on its own event loop with
-its own Redis client, never on pytest-asyncio's session loop.
+its own Redis client and PostgreSQL pool, never on pytest-asyncio's session loop.
 
 A failure prints the steps (and a @reproduce_failure blob); MODEL_EXAMPLES=2000 runs deeper.
 """
@@ -34,6 +42,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import asyncpg
+import redis.asyncio as aioredis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -44,14 +54,18 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from budget_service.config.budget_repo import BudgetRepository
 from budget_service.config.sync import ConfigSync
-from budget_service.hotpath import keys
-from budget_service.hotpath.budgets import MODE_NAMES, BudgetConfig
+from budget_service.hotpath import keys, periods
+from budget_service.hotpath.budgets import MODE_NAMES, BudgetConfig, validate_budget
 from budget_service.hotpath.config_cache import ConfigCache
 from budget_service.hotpath.engine import Balance, Committed, Engine, Reserved
-from budget_service.hotpath.errors import BudgetExceeded
+from budget_service.hotpath.errors import BudgetExceeded, DataLost
 from budget_service.hotpath.periods import bounds_ms
 from budget_service.hotpath.store import Scripts, connect
+from budget_service.ledger.progress import id_tuple, last_event_id
+from budget_service.ledger.recovery import rebuild_org
+from budget_service.ledger.writer import GROUP, LedgerWriter
 from genproto.budget.v1 import budget_pb2 as pb
 from servicekit.errors import FailedPrecondition, IdempotencyConflict, NotFound
 from tests import reference_model as ref
@@ -59,9 +73,11 @@ from tests import reference_model as ref
 NY = "America/New_York"
 MAX_AMOUNT = 10**15  # Settings.max_amount_nanos: the most one request may hold or charge
 RETENTION_MS = 90_000_000  # Settings.retention_seconds: records outlive any run of this test
-# The data-set epoch these orgs' config is written with (the service takes its own from
-# PostgreSQL); the engines here expect the same one, as a service's engine does.
+# The data-set epoch the budgets of these orgs are written with, and the engines expect: the
+# session database's own (the machine's budgets are in its PostgreSQL, so the session's service
+# checks them too), read by the test; "property-test" for the Redis-only orgs further below.
 EPOCH = "property-test"
+DATA_SET_EPOCH: list[str] = []
 TTLS_MS = (1_000, 2_000, 60_000, 3_600_000, 21_600_000)  # the handlers allow 1 s to 6 h
 RESERVATION_IDS = ("r0", "r1", "r2", "r3")
 REFUND_IDS = ("f0", "f1", "f2")
@@ -113,6 +129,7 @@ BASE_TIMES_MS = (
 _uids = itertools.count(1)
 _loaded_on: set[str] = set()  # Redis URLs the scripts were loaded on
 REDIS_URL: list[str] = []  # set by the test from the session's stack
+DATABASE_URL: list[str] = []
 
 
 # -- an example's budgets ---------------------------------------------------------------------
@@ -246,7 +263,7 @@ async def _outcome(call: Any) -> ref.Outcome:
             "refused",
             tuple((r.budget_id, r.limit_nanos, r.remaining_nanos) for r in exc.refusals),
         )
-    except (NotFound, FailedPrecondition, IdempotencyConflict) as exc:
+    except (NotFound, FailedPrecondition, IdempotencyConflict, DataLost) as exc:
         return (type(exc).__name__,)
     except Exception as exc:  # compared like an answer, so the failure names the step
         return ("unexpected", type(exc).__name__, str(exc))
@@ -283,6 +300,15 @@ class BudgetMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.client = connect(REDIS_URL[0], timeout_seconds=5.0, pool_size=4)
         self.scripts = Scripts(self.client)
+
+        async def pool() -> asyncpg.Pool:  # created on this machine's loop
+            return await asyncpg.create_pool(DATABASE_URL[0], min_size=1, max_size=2)
+
+        self.pool = self.run(pool())
+        self.repo = BudgetRepository(self.pool)
+        self.writer = LedgerWriter(self.client, self.pool, batch_size=500, claim_idle_ms=60_000)
+        # the org's keys as an earlier step left them (rewind_and_rebuild goes back to them)
+        self.snapshot: dict[bytes, bytes] | None = None
         self.org = f"prop-{uuid.uuid4().hex[:12]}"
         self.clock = FakeClock(0)
         self.engines: list[Engine] = []
@@ -304,6 +330,7 @@ class BudgetMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             self.run(self.client.aclose())
+            self.run(self.pool.close())
         finally:
             self.loop.close()
 
@@ -329,41 +356,34 @@ class BudgetMachine(RuleBasedStateMachine):
     ) -> None:
         self.big = setup.big
         self.clock.now = setup.base_ms
-        self.configs = {
-            s.id: BudgetConfig(
-                uid=next(_uids),
-                id=s.id,
-                org=self.org,
-                selector=s.selector,
-                limit_nanos=s.limit,
-                period=s.period,
-                timezone=s.timezone,
-                mode=s.mode,
-                alert_thresholds_percent=(50, 75, 90, 100),
-                overdraft_nanos=s.overdraft,
-                version=1,
-            )
-            for s in setup.specs
-        }
 
-        async def push() -> None:
+        async def create() -> None:
             if REDIS_URL[0] not in _loaded_on:
                 await self.scripts.load()
                 _loaded_on.add(REDIS_URL[0])
-            sync = ConfigSync(self.scripts, EPOCH)
-            for c in self.configs.values():
-                await sync.push(c, first_of_org=True)
+            sync = ConfigSync(self.scripts, DATA_SET_EPOCH[0])
+            for s in setup.specs:  # PostgreSQL first (uid, version), as the admin API does
+                budget = pb.Budget(
+                    id=s.id, org=self.org, selector=s.selector, limit_nanos=s.limit,
+                    period=s.period, timezone=s.timezone, mode=s.mode,  # type: ignore[arg-type]
+                    overdraft_nanos=s.overdraft, alert_thresholds_percent=(50, 75, 90, 100),
+                )  # fmt: skip
+                config = await self.repo.upsert(validate_budget(budget), "property-test")
+                self.configs[s.id] = config
+                await sync.push(config, first_of_org=True)
 
-        self.run(push())
+        self.run(create())
         self.engines = [
             Engine(
                 self.scripts,
-                ConfigCache(self.scripts, epoch=EPOCH),
+                ConfigCache(self.scripts, epoch=DATA_SET_EPOCH[0]),
                 self.clock,
                 retention_ms=RETENTION_MS,
             )
             for _ in range(2)
         ]
+        for engine in self.engines:  # as the service's config sync tells its cache
+            engine.cache.add_budgeted(self.org)
         self.model = ref.Model(
             [
                 ref.Budget(
@@ -596,8 +616,8 @@ class BudgetMachine(RuleBasedStateMachine):
             new = replace(old, overdraft_nanos=data.draw(_overdrafts(self.big), label="od"))
         else:
             new = replace(old, mode=data.draw(st.sampled_from(sorted(MODE_NAMES)), label="mode"))
-        new = replace(new, version=old.version + 1)
-        self.run(ConfigSync(self.scripts, EPOCH).push(new))
+        new = self.run(self.repo.upsert(new.to_proto(), "property-test"))
+        self.run(ConfigSync(self.scripts, DATA_SET_EPOCH[0]).push(new))
         self.configs[budget_id] = new
         b.limit, b.overdraft, b.mode = new.limit_nanos, new.overdraft_nanos, new.mode_name
 
@@ -640,6 +660,145 @@ class BudgetMachine(RuleBasedStateMachine):
             elif op == "release":
                 self._release(engine, rid)
 
+    # -- clock changes and data loss -------------------------------------------------------
+
+    @rule(
+        budget_id=st.sampled_from(["cap", "team-a", "user-u1", "openai"]),
+        offset_ms=st.sampled_from([-3_600_001, -1, 0, 1, 1_800_000, 3_599_999, 3_600_000]),
+        subject=st.sampled_from(SUBJECTS),
+        data=st.data(),
+    )
+    def clock_change(
+        self,
+        budget_id: str,
+        offset_ms: int,
+        subject: frozenset[tuple[str, str]],
+        data: st.DataObject,
+    ) -> None:
+        """Move the clock to around the next change of a budget's zone's offset (DST, or any
+        change the tz database records), as a fresh process that has computed no period yet,
+        and reserve there."""
+        b = self.model.budget(budget_id)
+        target = _next_change_ms(b.timezone, self.now)
+        if target is None:
+            return
+        self.clock.now = max(self.now, target + offset_ms)
+        periods._current.clear()  # a process that just started
+        amount = data.draw(self._holds(), label="amount")
+        rid = self._rid(data, "new")
+        self._reserve(self._engine(data), rid, subject, amount, False, TTLS_MS[2])
+
+    def _drain(self) -> None:
+        """Let the ledger writer write every event of the org (it is not running otherwise)."""
+
+        async def drain() -> None:
+            for _ in range(100):
+                await self.writer._drain_org(self.org, 50)
+                last = await last_event_id(self.client, self.org)
+                if last == "0-0":
+                    return
+                groups = await self.client.xinfo_groups(keys.ledger(self.org))
+                group = next((g for g in groups if g["name"] == GROUP), None)
+                if (
+                    group is not None
+                    and group["pending"] == 0
+                    and id_tuple(group["last-delivered-id"]) >= id_tuple(last)
+                ):
+                    return
+            raise AssertionError("the ledger writer did not catch up")
+
+        self.run(drain())
+
+    async def _org_keys(self, client: aioredis.Redis) -> list[bytes]:
+        return [k async for k in client.scan_iter(match=f"ba:{{{self.org}}}:*")]
+
+    def _rebuild(self) -> None:
+        self.run(rebuild_org(self.scripts, self.pool, self.org, self.clock,
+                             epoch=DATA_SET_EPOCH[0], retention_ms=RETENTION_MS))  # fmt: skip
+
+    @rule(data=st.data())
+    def lose_everything_and_rebuild(self, data: st.DataObject) -> None:
+        """Redis loses every key of the org (after the writer caught up, so the ledger has it
+        all): calls fail closed until the rebuild, which restores what the model has, except
+        the records of reservations that had ended."""
+        self._drain()
+
+        async def lose() -> None:
+            raw = aioredis.Redis.from_url(REDIS_URL[0])
+            try:
+                names = await self._org_keys(raw)
+                if names:
+                    await raw.delete(*names)
+            finally:
+                await raw.aclose()
+
+        self.run(lose())
+        for engine in self.engines:  # every replica, warm cache or not, refuses
+            rid = data.draw(st.sampled_from(sorted(self.model.reservations) or ["r0"]))
+            self.check(f"commit({rid!r}) after the loss", self.call(engine.commit(
+                self.org, rid, "1", 1)), ("DataLost",))  # fmt: skip
+            self.check("reserve after the loss", self.call(engine.reserve(
+                self.org, "after-loss", "fp", frozenset(), 0, critical=False,
+                ttl_ms=60_000)), ("DataLost",))  # fmt: skip
+        self._rebuild()
+        for rid in [r for r, v in self.model.reservations.items() if v.state != "held"]:
+            self._forget(rid)
+
+    @rule()
+    def snapshot_now(self) -> None:
+        """Remember the org's keys: a replica that stops receiving writes from here on."""
+
+        async def dump() -> dict[bytes, bytes]:
+            raw = aioredis.Redis.from_url(REDIS_URL[0])
+            try:
+                return {n: await raw.dump(n) for n in await self._org_keys(raw)}
+            finally:
+                await raw.aclose()
+
+        self.snapshot = self.run(dump())
+
+    @rule()
+    def rewind_and_rebuild(self) -> None:
+        """Redis goes back to the snapshot (the replica above is promoted), the ledger has
+        everything since: a rebuild puts back what the model has."""
+        if self.snapshot is None:
+            return
+        self._drain()
+        before = self.snapshot
+
+        async def rewind() -> set[str]:
+            raw = aioredis.Redis.from_url(REDIS_URL[0])
+            try:
+                names = await self._org_keys(raw)
+                if names:
+                    await raw.delete(*names)
+                for name, value in before.items():
+                    await raw.restore(name, 0, value)
+                prefix = f"ba:{{{self.org}}}:r:".encode()
+                return {n[len(prefix) :].decode() for n in before if n.startswith(prefix)}
+            finally:
+                await raw.aclose()
+
+        kept = self.run(rewind())
+        self._drain()  # the writers see the rewound outbox again: every entry is a duplicate
+        held_then = {
+            rid for rid in kept if self.run(self.client.hget(keys.reservation(self.org, rid),
+                                                             "state")) == "held"
+        }  # fmt: skip
+        self._rebuild()
+        for rid, r in list(self.model.reservations.items()):
+            if r.state == "held":
+                continue
+            if rid not in kept:
+                self._forget(rid)  # ended after the snapshot: its record is gone
+            elif rid in held_then:
+                self.model.ended_by_rebuild(rid)  # ended from the ledger's account
+
+    def _forget(self, rid: str) -> None:
+        self.model.reservations.pop(rid, None)
+        self.requests.pop(rid, None)
+        self.actuals.pop(rid, None)
+
     # -- the store after every step --------------------------------------------------------
 
     @invariant()
@@ -679,8 +838,17 @@ class BudgetMachine(RuleBasedStateMachine):
         )
 
 
-def test_engine_matches_reference_model(stack: Any) -> None:
+def _next_change_ms(timezone: str, now_ms: int) -> int | None:
+    """The next instant the zone's clocks change after `now_ms`, from the tz database."""
+    later = [c * 1000 for c in ref._changes_s(timezone) if c * 1000 > now_ms]
+    return min(later, default=None)
+
+
+def test_engine_matches_reference_model(stack: Any, app: Any) -> None:
+    """(`app`: the session's service, which migrated the database the machine writes to)"""
     REDIS_URL[:] = [stack.redis.url]
+    DATABASE_URL[:] = [stack.postgres.url]
+    DATA_SET_EPOCH[:] = [app.engine.cache.epoch]
     run_state_machine_as_test(
         BudgetMachine,
         settings=settings(

@@ -48,6 +48,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 CHUNK = 500  # reservation records per restore call before the last one
+LOCK_RETRY_SECONDS = 0.05  # how often a rebuild waiting for another replica's tries its lock
 ALL = "*"  # the Rebuilder's name for "every org"
 
 # Per budget: spent in the period starting at the given start, and holds over all time, from
@@ -94,6 +95,10 @@ SELECT e.reservation_id, e.created_ms, e.type, e.amount_nanos, e.released_nanos,
        coalesce((SELECT sum(f.amount_nanos) FROM ledger_events f
                  WHERE f.org = e.org AND f.reservation_id = e.reservation_id
                    AND f.created_ms = e.created_ms AND f.type = 'refund'), 0) AS refunded,
+       coalesce((SELECT string_agg(f.refund_id || '=' || f.amount_nanos, ';')
+                 FROM ledger_events f
+                 WHERE f.org = e.org AND f.reservation_id = e.reservation_id
+                   AND f.created_ms = e.created_ms AND f.type = 'refund'), '') AS refunds,
        coalesce((SELECT jsonb_object_agg(x.budget_uid::text, x.period_start_ms)
                  FROM ledger_effects x WHERE x.org = e.org AND x.event_id = e.event_id),
                 '{}') AS periods
@@ -103,6 +108,12 @@ JOIN unnest($2::text[], $3::bigint[]) AS h(rid, created)
 LEFT JOIN ledger_events r ON r.org = e.org AND r.reservation_id = e.reservation_id
   AND r.created_ms = e.created_ms AND r.type = 'reserve'
 WHERE e.org = $1 AND e.type IN ('commit', 'release', 'expire')
+"""
+
+# Reservations refunded within the retention window (their records may still be in Redis).
+REFUNDED = """
+SELECT DISTINCT reservation_id FROM ledger_events
+WHERE org = $1 AND type = 'refund' AND at > now() - $2 * interval '1 millisecond'
 """
 
 # Orgs a rebuild of the whole data set covers: those with budgets, and those whose
@@ -171,6 +182,7 @@ def _ended_args(e: asyncpg.Record) -> list[str | int]:
         commit_periods,
         int(e["refunded"]),
         answer,
+        e["refunds"],
     ]
 
 
@@ -195,7 +207,9 @@ async def rebuild_org(
     rows = await pool.fetch(LEDGER_SUMS, org, uids, pstarts, 2**62, 0)
     sums = {r["budget_uid"]: (int(r["spent"]), int(r["reserved"])) for r in rows}
     holds = await pool.fetch(OPEN_HOLDS, org)
-    ended = await _ended_in_ledger(scripts, pool, org, {h["reservation_id"] for h in holds})
+    ended = await _ended_in_ledger(
+        scripts, pool, org, {h["reservation_id"] for h in holds}, retention_ms
+    )
     ledger_last_id = await pool.fetchval(LEDGER_LAST_ID, org) or ""
 
     budget_values: list[str | int] = []
@@ -239,12 +253,17 @@ async def rebuild_org(
 
 
 async def _ended_in_ledger(
-    scripts: Scripts, pool: asyncpg.Pool, org: str, open_ids: set[str]
+    scripts: Scripts, pool: asyncpg.Pool, org: str, open_ids: set[str], retention_ms: int
 ) -> list[asyncpg.Record]:
-    """Reservations Redis marks held (in its expiry index) that the ledger says ended."""
+    """How reservations ended that Redis may hold as they were before: those Redis marks held
+    (in its expiry index) that the ledger says ended, and those refunded within the retention
+    (a committed record may have missed its refunds)."""
     client = scripts.client
     held: list[str] = await redis_call(client.zrange(keys.expiries(org), 0, -1))
-    candidates = [rid for rid in held if rid not in open_ids]
+    refunded = await pool.fetch(REFUNDED, org, retention_ms)
+    candidates = sorted({rid for rid in held if rid not in open_ids} | {
+        r["reservation_id"] for r in refunded
+    })  # fmt: skip
     if not candidates:
         return []
     async with client.pipeline(transaction=False) as pipe:
@@ -297,14 +316,15 @@ class Rebuilder:
             self._tasks[org] = asyncio.create_task(self._run(org), name=f"rebuild:{org}")
         return True
 
-    async def stop(self) -> None:
-        for task in self._tasks.values():
+    async def stop(self, wait_seconds: float = 5.0) -> None:
+        """Cancel the rebuilds under way; an org left fenced is rebuilt by the next start."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        for task in self._tasks.values():
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # stopping; failures were logged
-                pass
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=wait_seconds)
+            if stuck:
+                log.warning("rebuild.stop_timeout", tasks=len(stuck))
         self._tasks.clear()
 
     async def _run(self, org: str) -> None:
@@ -358,12 +378,20 @@ class Rebuilder:
         return await self._locked(ALL, run)
 
     async def _locked(self, name: str, work: Callable[[], Awaitable[T]]) -> T:
+        """Run `work` holding the PostgreSQL advisory lock of `name` (one replica at a time).
+
+        The lock is tried, not waited for in PostgreSQL, so a stop cancels the wait at once
+        instead of a query that only ends when another replica lets go.
+        """
+        key = f"ba-rebuild:{name}"
         async with self.pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"ba-rebuild:{name}")
+            # another process holds it: nothing here could signal its release, so poll
+            while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):  # noqa: ASYNC110
+                await asyncio.sleep(LOCK_RETRY_SECONDS)
             try:
                 return await work()
             finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", f"ba-rebuild:{name}")
+                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
 
 
 class EpochWatch:

@@ -27,8 +27,10 @@ if not state then
   return reply({'NOTFOUND'})
 end
 if r[6] then
+  -- '<asked>:<given>'; '*:<given>' when a rebuild restored it (the ledger keeps what was given)
   local sep = string.find(r[6], ':', 1, true)
-  if string.sub(r[6], 1, sep - 1) ~= ARGV[3] then return reply({'MISMATCH'}) end
+  local asked = string.sub(r[6], 1, sep - 1)
+  if asked ~= ARGV[3] and asked ~= '*' then return reply({'MISMATCH'}) end
   return reply({'DUP', string.sub(r[6], sep + 1)})
 end
 if state ~= 'committed' then return reply({'NOTCOMMITTED', state}) end

@@ -26,9 +26,10 @@ local group = ARGV[9]
 --   period start
 -- per open hold, 9: id, amount, uids, expires (extended ones included), created, price ref,
 --   fingerprint, subject, stored answer
--- per ended reservation, 10: id, created, state, charged or given back, hold, late, commit
---   fingerprint, commit periods, refunded, stored answer
-local BUDGET_ARGS, HOLD_ARGS, ENDED_ARGS = 10, 9, 10
+-- per ended reservation, 11: id, created, state, charged or given back, hold, late, commit
+--   fingerprint, commit periods, refunded, stored answer, its refunds ('<refund id>=<given>'
+--   joined by ';': a retried refund id answers what it gave, whatever amount it asks)
+local BUDGET_ARGS, HOLD_ARGS, ENDED_ARGS = 10, 9, 11
 
 local a = 10
 local budgets, holds, ended = 0, 0, 0
@@ -79,20 +80,31 @@ for j = 0, k - 1 do
   local base = a + ENDED_ARGS * j
   local key = KEYS[5 + n + m + j]
   local r = redis.call('HMGET', key, 'state', 'created')
-  if r[1] == 'held' and r[2] == ARGV[base + 1] then
-    local state = ARGV[base + 2]
+  local state = ARGV[base + 2]
+  if r[2] == ARGV[base + 1] and (r[1] == 'held' or (r[1] == 'committed' and state == r[1])) then
     if state == 'committed' then
-      redis.call('HSET', key, 'state', 'committed', 'charged', ARGV[base + 3],
-        'refunded', ARGV[base + 8], 'cfp', ARGV[base + 6], 'cps', ARGV[base + 7],
-        'cres', ARGV[base + 9])
+      if r[1] == 'held' then
+        redis.call('HSET', key, 'state', 'committed', 'charged', ARGV[base + 3],
+          'cfp', ARGV[base + 6], 'cps', ARGV[base + 7], 'cres', ARGV[base + 9])
+      end
+      -- a committed record behind the ledger's refunds (a promoted replica) catches up too
+      redis.call('HSET', key, 'refunded', ARGV[base + 8])
+      local refunds = 0
+      for refund_id, given in string.gmatch(ARGV[base + 10], '([^;=]+)=([^;]+)') do
+        redis.call('HSET', key, 'rf:' .. refund_id, '*:' .. given)
+        refunds = refunds + 1
+      end
+      redis.call('HSET', key, 'rfn', refunds)
     elseif state == 'released' then
       redis.call('HSET', key, 'state', 'released', 'released', ARGV[base + 3])
     else
       redis.call('HSET', key, 'state', 'expired', 'expired_at', now_ms)
     end
-    redis.call('PEXPIRE', key, retention_ms)
-    redis.call('ZREM', exp_key, ARGV[base])
-    ended = ended + 1
+    if r[1] == 'held' then
+      redis.call('PEXPIRE', key, retention_ms)
+      redis.call('ZREM', exp_key, ARGV[base])
+      ended = ended + 1
+    end
   end
 end
 
@@ -121,6 +133,9 @@ if finish then
     local wm, ws = string.match(ledger_last_id, '^(%d+)-(%d+)$')
     if tonumber(wm) > tonumber(lm) or (wm == lm and tonumber(ws) > tonumber(ls)) then
       redis.call('XSETID', ledger_key, ledger_last_id)
+      -- every entry the stream holds was written before the fence lifted (the rebuild waited
+      -- for it): the writers' group has delivered up to the new last id as well
+      redis.call('XGROUP', 'SETID', ledger_key, group, ledger_last_id)
     end
   end
   redis.call('HSET', cfg_key, '_e', epoch)
