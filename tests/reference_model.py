@@ -297,6 +297,13 @@ class Model:
         r.state = "expired"
         return ("ok", True)
 
+    def restored_by_rebuild(self, reservation_id: str) -> None:
+        """A rebuild restored this open hold from the ledger: a retried Reserve answers its
+        amount and first expiry, without balances (the ledger keeps none)."""
+        r = self.reservations[reservation_id]
+        amount, expires_at, _balances = r.first_answer[1]
+        r.first_answer = ("ok", (amount, expires_at, ()))
+
     def ended_by_rebuild(self, reservation_id: str) -> None:
         """A rebuild ended this reservation from the ledger's account: its record keeps no
         balances in the commit answer, and its refunds answer whatever amount a retry asks."""

@@ -10,6 +10,9 @@ start takes.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import grpc
 import pytest
 
@@ -55,12 +58,17 @@ async def seed(app: server.App, org: str, users: int, *, caps: bool = True) -> N
         " '{50,75,90,100}', 1 FROM generate_series(0, $5 - 1) AS i",
         org, usd("1"), pb.PERIOD_NONE, pb.MODE_HARD, users,
     )  # fmt: skip
-    await ConfigSync(app.engine.scripts).reconcile(BudgetRepository(app.pool))
+    # a new org's first budgets, as a first start adopts them (they carry the data-set epoch)
+    await ConfigSync(app.engine.scripts, app.engine.cache.epoch).reconcile(
+        BudgetRepository(app.pool), adopt=True
+    )
 
 
 @pytest.fixture
-def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The budget config JSONs parsed from Redis (BudgetConfig.from_json) from now on."""
+async def parsed(app: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[str]]:
+    """The budget config JSONs parsed from Redis (BudgetConfig.from_json) from now on, by the
+    calls a test makes: the session service's utilization refresh, which reads the same cache
+    in the background, is paused meanwhile."""
     seen: list[str] = []
     original = BudgetConfig.from_json
 
@@ -68,8 +76,13 @@ def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.append(raw)
         return original(raw)
 
+    job = next(j for j in app.background if j.name == "utilization")
+    await job.stop()
     monkeypatch.setattr(BudgetConfig, "from_json", staticmethod(counting))
-    return seen
+    try:
+        yield seen
+    finally:
+        job.start()
 
 
 async def test_covering_lookup_touches_only_the_budgets_it_returns_whatever_the_org_size(
@@ -153,7 +166,7 @@ async def test_reconcile_with_nothing_to_mend_reads_no_budget_in_full_nor_one_lo
 
     monkeypatch.setattr(scripts, "run", recording)
     monkeypatch.setattr(budget_repo, "_row_to_config", counting)
-    sync = ConfigSync(scripts)
+    sync = ConfigSync(scripts, app.engine.cache.epoch)
     repo = BudgetRepository(app.pool)
 
     await sync.reconcile(repo)
@@ -208,10 +221,13 @@ async def test_a_recreated_config_whose_version_caught_up_is_read_whole(
     await upsert(admin, org, "team-t", usd("0.02"), selector={"team": "t"})
     await reserve(budgets, org, usd("0.01"))  # cached at version 2 with both budgets
     # Redis loses the org's configuration while team-t is deleted in PostgreSQL; reconciling
-    # brings org-cap back (version 1) and two upserts take the version past the cached one.
+    # brings org-cap back (version 1: adopted, as a first start on a Redis without the epoch
+    # would) and two upserts take the version past the cached one.
     await app.redis.delete(keys.config(org), keys.config_changes(org))
     await app.pool.execute("DELETE FROM budgets WHERE org = $1 AND id = 'team-t'", org)
-    await ConfigSync(app.engine.scripts).reconcile(BudgetRepository(app.pool))
+    await ConfigSync(app.engine.scripts, app.engine.cache.epoch).reconcile(
+        BudgetRepository(app.pool), adopt=True
+    )
     await upsert(admin, org, "org-cap", usd("1000"))
     await upsert(admin, org, "org-cap", usd("1000"))
     parsed.clear()
@@ -230,7 +246,7 @@ async def test_bulk_create_writes_postgres_with_audit_rows_then_redis(app, budge
         for i in range(2_500)
     ]
     created = await repo.create_many(batch, "bulk-test")
-    await ConfigSync(app.engine.scripts).push_many(created)
+    await ConfigSync(app.engine.scripts, app.engine.cache.epoch).push_many(created, new_orgs=True)
     assert sorted(c.id for c in created) == [user_budget(i) for i in range(2_500)]
     [audit] = await repo.audit_trail(org, user_budget(7))
     assert (audit["action"], audit["actor"], audit["before"]) == ("create", "bulk-test", None)
@@ -253,7 +269,7 @@ async def test_a_new_field_of_the_config_hash_is_no_budget_and_costs_one_whole_r
     await upsert(admin, org, "org-cap", usd("1000"))
     await upsert(admin, org, "team-t", usd("0.02"), selector={"team": "t"})
     await reserve(budgets, org, usd("0.01"))  # cached: two budgets
-    await app.redis.hset(keys.config(org), "_e", "7")  # e.g. an epoch a later version adds
+    await app.redis.hset(keys.config(org), "_z", "7")  # e.g. a field a later version adds
     await upsert(admin, org, "team-t", usd("0.03"), selector={"team": "t"})
     parsed.clear()
     held = await reserve(budgets, org, usd("0.03"), team="t")

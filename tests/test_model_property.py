@@ -741,8 +741,11 @@ class BudgetMachine(RuleBasedStateMachine):
                 self.org, "after-loss", "fp", frozenset(), 0, critical=False,
                 ttl_ms=60_000)), ("DataLost",))  # fmt: skip
         self._rebuild()
-        for rid in [r for r, v in self.model.reservations.items() if v.state != "held"]:
-            self._forget(rid)
+        for rid, r in list(self.model.reservations.items()):
+            if r.state == "held":
+                self.model.restored_by_rebuild(rid)
+            else:
+                self._forget(rid)
 
     @rule()
     def snapshot_now(self) -> None:
@@ -788,6 +791,8 @@ class BudgetMachine(RuleBasedStateMachine):
         self._rebuild()
         for rid, r in list(self.model.reservations.items()):
             if r.state == "held":
+                if rid not in kept:
+                    self.model.restored_by_rebuild(rid)  # reserved after the snapshot
                 continue
             if rid not in kept:
                 self._forget(rid)  # ended after the snapshot: its record is gone

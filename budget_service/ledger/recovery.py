@@ -71,7 +71,7 @@ GROUP BY f.budget_uid
 # reservation. A hold moved by Extend expires when its newest extend says (in stream order).
 OPEN_HOLDS = """
 SELECT r.reservation_id, r.created_ms, r.amount_nanos, r.budget_uids, r.price_ref,
-       r.fingerprint, r.subject,
+       r.fingerprint, r.subject, r.expires_at_ms AS reserved_expires_at_ms,
        coalesce((SELECT x.expires_at_ms FROM ledger_events x
                  WHERE x.org = r.org AND x.reservation_id = r.reservation_id
                    AND x.created_ms = r.created_ms AND x.type = 'extend'
@@ -160,7 +160,8 @@ def _hold_args(h: asyncpg.Record) -> list[str | int]:
         h["price_ref"] or "0",
         h["fingerprint"],
         _json_text(h["subject"]),
-        json.dumps([str(amount), str(expires), []]),
+        # the first answer, for retries: the expiry the Reserve gave (balances are not kept)
+        json.dumps([str(amount), str(h["reserved_expires_at_ms"]), []]),
     ]
 
 
