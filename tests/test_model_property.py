@@ -746,6 +746,7 @@ class BudgetMachine(RuleBasedStateMachine):
                 self.model.restored_by_rebuild(rid)
             else:
                 self._forget(rid)
+        self.snapshot = None  # a replica from before the loss: the rebuild is the new baseline
 
     @rule()
     def snapshot_now(self) -> None:
