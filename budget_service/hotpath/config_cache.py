@@ -34,11 +34,14 @@ from budget_service.hotpath import keys
 from budget_service.hotpath.budgets import BudgetConfig
 from budget_service.hotpath.errors import DataLost
 from budget_service.hotpath.store import Scripts, redis_call
+from servicekit.errors import Unavailable
 
 Pairs = frozenset[tuple[str, str]]
 KeySet = frozenset[str]  # the keys of a selector
 MAX_ORGS = 100_000  # cached orgs per process, beyond which the cache starts over
 PARSE_SLICE = 2000  # budgets parsed between two turns of the event loop on a whole-org read
+READ_SLICE = 5000  # config fields per HSCAN call when an org is larger than this
+READ_ATTEMPTS = 5
 
 
 class OrgBudgets:
@@ -231,7 +234,7 @@ class ConfigCache:
             task.exception()  # retrieved, even when every caller was cancelled meanwhile
 
     async def _read_all(self, org: str) -> OrgBudgets:
-        raw: dict[str, str] = await redis_call(self.client.hgetall(keys.config(org)))
+        raw = await self._config_hash(org)
         self._check_epoch(org, raw.get("_e"))
         header = sum(1 for name in raw if name.startswith("_"))
         entry = OrgBudgets(raw.get("_v", "0"), (), header, raw.get("_e", ""))
@@ -246,6 +249,30 @@ class ConfigCache:
             self._orgs.clear()
         self._orgs[org] = entry
         return entry
+
+
+    async def _config_hash(self, org: str) -> dict[str, str]:
+        """The org's whole config hash. A large one is read in slices (HSCAN), each well within
+        the Redis timeout that keeps the hot path failing closed fast, and kept only if the
+        version did not move meanwhile (else read again)."""
+        key = keys.config(org)
+        if await redis_call(self.client.hlen(key)) <= READ_SLICE:
+            small: dict[str, str] = await redis_call(self.client.hgetall(key))
+            return small
+        for _ in range(READ_ATTEMPTS):
+            version = await redis_call(self.client.hget(key, "_v"))
+            raw: dict[str, str] = {}
+            cursor = 0
+            while True:
+                cursor, page = await redis_call(self.client.hscan(key, cursor, count=READ_SLICE))
+                raw.update(page)
+                if cursor == 0:
+                    break
+            if await redis_call(self.client.hget(key, "_v")) == version == raw.get("_v"):
+                return raw
+        raise Unavailable(
+            f"org {org!r}'s budget configuration kept changing while it was read; retry"
+        )
 
 
 def _by_id(budget: BudgetConfig) -> str:
