@@ -250,7 +250,6 @@ class ConfigCache:
         self._orgs[org] = entry
         return entry
 
-
     async def _config_hash(self, org: str) -> dict[str, str]:
         """The org's whole config hash. A large one is read in slices (HSCAN), each well within
         the Redis timeout that keeps the hot path failing closed fast, and kept only if the
