@@ -168,11 +168,14 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
         )
         background[0].start()
     try:
-        await prepare_data_set(scripts, pool, sync, repo, rebuilder, epoch)
+        engine.data_set_lost = not await prepare_data_set(
+            scripts, pool, sync, repo, rebuilder, epoch
+        )
     except BaseException:
         await _close(background, rebuilder, scripts, redis, pool)
         raise
     watch = EpochWatch(scripts, epoch.value, rebuilder)
+    watch.lost = engine.data_set_lost
     watch.on_change = lambda lost: setattr(engine, "data_set_lost", lost)
     # Without reuse_port a second process on a taken address fails to start instead of
     # silently splitting the traffic with the first.

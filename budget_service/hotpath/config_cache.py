@@ -172,16 +172,21 @@ class ConfigCache:
         """Drop the org's entry: the next call reads it from Redis again."""
         self._orgs.pop(org, None)
 
-    def _check_epoch(self, org: str, found: str | None) -> None:
-        if self.epoch and (
-            (found is None and org in self._budgeted) or (found is not None and found != self.epoch)
+    def _check_epoch(self, org: str, found: str | None, fenced: str | None) -> None:
+        if fenced is not None or (
+            self.epoch
+            and (
+                (found is None and org in self._budgeted)
+                or (found is not None and found != self.epoch)
+            )
         ):
             raise self.lost(org)
 
     async def check_intact(self, org: str) -> None:
-        """DataLost when the org should have budgets but Redis lost its config (one HGET)."""
-        if self.epoch:
-            self._check_epoch(org, await redis_call(self.client.hget(keys.config(org), "_e")))
+        """DataLost when the org should have budgets but Redis lost its config, or while it is
+        rebuilt (one HMGET)."""
+        found, fenced = await redis_call(self.client.hmget(keys.config(org), "_e", "_x"))
+        self._check_epoch(org, found, fenced)
 
     async def get(self, org: str) -> OrgBudgets:
         """The cached configuration, loaded on first use."""
@@ -235,7 +240,7 @@ class ConfigCache:
 
     async def _read_all(self, org: str) -> OrgBudgets:
         raw = await self._config_hash(org)
-        self._check_epoch(org, raw.get("_e"))
+        self._check_epoch(org, raw.get("_e"), raw.get("_x"))
         header = sum(1 for name in raw if name.startswith("_"))
         entry = OrgBudgets(raw.get("_v", "0"), (), header, raw.get("_e", ""))
         for done, (name, value) in enumerate(raw.items(), 1):

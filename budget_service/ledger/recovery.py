@@ -2,15 +2,15 @@
 
 A rebuild of one org (`rebuild_org`):
 
-1. fences the org: takes the data-set epoch out of its config hash, so every money script of a
-   budgeted org answers LOST (UNAVAILABLE to callers, who retry) and nothing changes its
-   counters while they are recomputed;
+1. fences the org: marks its config hash (`_x`), so every money script of the org answers
+   LOST (UNAVAILABLE to callers, who retry) and nothing changes it while the ledger's account
+   of it is restored;
 2. waits until the ledger writers have written every event its outbox stream still holds;
 3. reads from the ledger: each budget's spent in its current period and its holds, every open
    hold (with the latest expiry an Extend gave it), and how each reservation that Redis still
    marks held really ended (a Redis promoted from a replica that missed the last writes);
-4. writes all of it with the restore script, whose last call puts the epoch back (the fence
-   lifts atomically with the counters).
+4. writes all of it with the restore script, whose last call writes the epoch and lifts the
+   fence atomically with the counters.
 
 `Rebuilder` runs rebuilds in the service: when a call finds an org's data lost (DataLost), and,
 for the whole data set, when `EpochWatch` finds the `ba:epoch` sentinel gone. A PostgreSQL
@@ -48,6 +48,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 CHUNK = 500  # reservation records per restore call before the last one
+FENCE = "_x"  # in an org's config hash while it is rebuilt (lib.lua lost_epoch)
 LOCK_RETRY_SECONDS = 0.05  # how often a rebuild waiting for another replica's tries its lock
 ALL = "*"  # the Rebuilder's name for "every org"
 
@@ -88,9 +89,10 @@ WHERE r.org = $1 AND r.type = 'reserve'
 ORDER BY r.reservation_id
 """
 
-# How reservations (id, created) ended, with what a committed record keeps for refunds.
+# How reservations (id, created) ended, with what a committed record keeps for refunds. One row
+# each, its final state: a commit after the hold expired leaves it committed.
 ENDED = """
-SELECT e.reservation_id, e.created_ms, e.type, e.amount_nanos, e.released_nanos, e.late,
+SELECT DISTINCT ON (e.reservation_id, e.created_ms) e.reservation_id, e.created_ms, e.type, e.amount_nanos, e.released_nanos, e.late,
        e.fingerprint, coalesce(r.amount_nanos, 0) AS hold, coalesce(r.budget_uids, '{}') AS uids,
        coalesce((SELECT sum(f.amount_nanos) FROM ledger_events f
                  WHERE f.org = e.org AND f.reservation_id = e.reservation_id
@@ -108,6 +110,8 @@ JOIN unnest($2::text[], $3::bigint[]) AS h(rid, created)
 LEFT JOIN ledger_events r ON r.org = e.org AND r.reservation_id = e.reservation_id
   AND r.created_ms = e.created_ms AND r.type = 'reserve'
 WHERE e.org = $1 AND e.type IN ('commit', 'release', 'expire')
+ORDER BY e.reservation_id, e.created_ms,
+         CASE e.type WHEN 'commit' THEN 0 WHEN 'release' THEN 1 ELSE 2 END
 """
 
 # Reservations refunded within the retention window (their records may still be in Redis).
@@ -200,7 +204,7 @@ async def rebuild_org(
     """Set `org`'s config, counters and reservations in Redis to what PostgreSQL says."""
     client = scripts.client
     budgets = await BudgetRepository(pool).in_org(org)
-    await redis_call(client.hdel(keys.config(org), "_e"))  # the fence: see the module docstring
+    await redis_call(client.hset(keys.config(org), FENCE, "1"))  # see the module docstring
     await wait_written(client, org, await last_event_id(client, org), wait_seconds)
     now = clock.now_ms()
     pstarts = [bounds_ms(b.period, b.timezone, now)[0] for b in budgets]
@@ -350,8 +354,9 @@ class Rebuilder:
         return await self._locked(org, lambda: self._rebuild_if_lost(org, force))
 
     async def _rebuild_if_lost(self, org: str, force: bool) -> Rebuilt | None:
-        found = await redis_call(self.scripts.client.hget(keys.config(org), "_e"))
-        if found == self.epoch and not force:
+        found, fenced = await redis_call(self.scripts.client.hmget(keys.config(org), "_e", FENCE))
+        # a fence left by a rebuild that did not finish (its process died) is a loss too
+        if found == self.epoch and fenced is None and not force:
             return None
         result = await rebuild_org(
             self.scripts, self.pool, org, self.clock, epoch=self.epoch,
@@ -427,12 +432,14 @@ async def prepare_data_set(
     repo: BudgetRepository,
     rebuilder: Rebuilder,
     epoch: epochs.Epoch,
-) -> None:
-    """Before serving: make Redis carry this database's data set, or refuse to start."""
+) -> bool:
+    """Before serving: make Redis carry this database's data set, or refuse to start. Answers
+    False when Redis lost its data and AUTO_REBUILD is off: the service starts failing closed
+    until an operator rebuilds it."""
     found = await redis_call(scripts.client.get(keys.EPOCH))
     if found == epoch.value:
         await sync.reconcile(repo)
-        return
+        return True
     if found is not None:
         raise ConfigError(
             f"REDIS_URL holds another budget database's data (epoch {found}; this DATABASE_URL's"
@@ -445,6 +452,13 @@ async def prepare_data_set(
         await redis_call(scripts.client.set(keys.EPOCH, epoch.value))
         await epochs.mark_adopted(pool)
         log.info("epoch.adopted", epoch=epoch.value)
-        return
+        return True
+    if not rebuilder.enabled:
+        log.error(
+            "epoch.data_set_lost_at_start",
+            fix="budgetctl reconcile --rebuild (AUTO_REBUILD is off): every call fails closed",
+        )
+        return False
     restored = await rebuilder.rebuild_all()
     log.warning("epoch.rebuilt_at_start", orgs=len(restored))
+    return True

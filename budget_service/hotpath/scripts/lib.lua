@@ -133,15 +133,18 @@ end
 -- expects ('' for an org it knows no budgets of); a missing or different one means Redis lost
 -- the org's data, and the script changes nothing: the service answers UNAVAILABLE until the org
 -- is rebuilt from the ledger, instead of admitting against counters that start from zero.
+-- A rebuild under way fences the org (`_x` in the config hash, any org, budgets or not): the
+-- same answer, so nothing changes the org while the ledger's account of it is being restored.
 local function lost_epoch(cfg_key, epoch)
-  return epoch ~= '' and redis.call('HGET', cfg_key, '_e') ~= epoch
+  local v = redis.call('HMGET', cfg_key, '_e', '_x')
+  return v[2] ~= false or (epoch ~= '' and v[1] ~= epoch)
 end
 
 -- 'LOST' (see lost_epoch), 'STALE' when the config changed since the service read it (its
 -- period starts and budget list may be out of date), or nil.
 local function config_check(cfg_key, cfg_version, epoch)
-  local v = redis.call('HMGET', cfg_key, '_v', '_e')
-  if epoch ~= '' and v[2] ~= epoch then return 'LOST' end
+  local v = redis.call('HMGET', cfg_key, '_v', '_e', '_x')
+  if v[3] or (epoch ~= '' and v[2] ~= epoch) then return 'LOST' end
   if (v[1] or '0') ~= cfg_version then return 'STALE' end
   return nil
 end

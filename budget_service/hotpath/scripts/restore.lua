@@ -139,5 +139,6 @@ if finish then
     end
   end
   redis.call('HSET', cfg_key, '_e', epoch)
+  redis.call('HDEL', cfg_key, '_x')  -- the fence lifts with everything restored
 end
 return reply({'OK', budgets, holds, ended})
