@@ -92,7 +92,8 @@ ORDER BY r.reservation_id
 # How reservations (id, created) ended, with what a committed record keeps for refunds. One row
 # each, its final state: a commit after the hold expired leaves it committed.
 ENDED = """
-SELECT DISTINCT ON (e.reservation_id, e.created_ms) e.reservation_id, e.created_ms, e.type, e.amount_nanos, e.released_nanos, e.late,
+SELECT DISTINCT ON (e.reservation_id, e.created_ms)
+       e.reservation_id, e.created_ms, e.type, e.amount_nanos, e.released_nanos, e.late,
        e.fingerprint, coalesce(r.amount_nanos, 0) AS hold, coalesce(r.budget_uids, '{}') AS uids,
        coalesce((SELECT sum(f.amount_nanos) FROM ledger_events f
                  WHERE f.org = e.org AND f.reservation_id = e.reservation_id
