@@ -6,11 +6,14 @@ A rebuild of one org (`rebuild_org`):
    LOST (UNAVAILABLE to callers, who retry) and nothing changes it while the ledger's account
    of it is restored;
 2. waits until the ledger writers have written every event its outbox stream still holds;
-3. reads from the ledger: each budget's spent in its current period and its holds, every open
-   hold (with the latest expiry an Extend gave it), and how each reservation that Redis still
-   marks held really ended (a Redis promoted from a replica that missed the last writes);
-4. writes all of it with the restore script, whose last call writes the epoch and lifts the
-   fence atomically with the counters.
+3. reads from the ledger: each budget's spent in its current period and its holds (each
+   reservation counted once, in its final state), every open hold (with the latest expiry an
+   Extend gave it), and how reservations ended: those that ended within the retention window
+   (their records answer retried calls and refunds) and those Redis still marks held (a Redis
+   promoted from a replica that missed the last writes);
+4. writes all of it with the restore script in calls of at most `CHUNK` budgets and records
+   (ended reservations read from PostgreSQL in slices of that size too); the last call writes
+   the epoch and lifts the fence atomically with the end of the restore.
 
 `Rebuilder` runs rebuilds in the service: when a call finds an org's data lost (DataLost), and,
 for the whole data set, when `EpochWatch` finds the `ba:epoch` sentinel gone. A PostgreSQL
@@ -47,24 +50,41 @@ from servicekit.errors import ConfigError, ServiceError
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-CHUNK = 500  # reservation records per restore call before the last one
+CHUNK = 500  # budgets and reservation records per restore call
 FENCE = "_x"  # in an org's config hash while it is rebuilt (lib.lua lost_epoch)
 LOCK_RETRY_SECONDS = 0.05  # how often a rebuild waiting for another replica's tries its lock
 ALL = "*"  # the Rebuilder's name for "every org"
 
 # Per budget: spent in the period starting at the given start, and holds over all time, from
-# the effects of events up to a stream position ((2^62, 0): every event).
+# the effects of events up to a stream position ((2^62, 0): every event). Each reservation
+# counts once, in its final state: its hold is given back once however many ending events the
+# ledger has (a Redis rewound to before a commit may expire the hold again: commit and expire
+# then both give it back), and it is charged only by its commit. Per reservation and budget the
+# ending events' holds count as the largest one given back: a late commit gives back nothing
+# (its expire did), so expire then late commit still nets the hold to zero.
 LEDGER_SUMS = """
-SELECT f.budget_uid,
-       coalesce(sum(f.spent_delta) FILTER (WHERE f.period_start_ms = p.pstart), 0) AS spent,
-       coalesce(sum(f.reserved_delta), 0) AS reserved
-FROM ledger_effects f
-JOIN ledger_events e ON e.org = f.org AND e.event_id = f.event_id
-JOIN unnest($2::bigint[], $3::bigint[]) AS p(uid, pstart) ON p.uid = f.budget_uid
-WHERE f.org = $1
-  AND (split_part(e.stream_id, '-', 1)::bigint, split_part(e.stream_id, '-', 2)::bigint)
-      <= ($4::bigint, $5::bigint)
-GROUP BY f.budget_uid
+WITH fx AS (
+    SELECT f.budget_uid, e.type, e.reservation_id, e.created_ms, f.reserved_delta,
+           CASE WHEN f.period_start_ms = p.pstart THEN f.spent_delta ELSE 0 END AS spent
+    FROM ledger_effects f
+    JOIN ledger_events e ON e.org = f.org AND e.event_id = f.event_id
+    JOIN unnest($2::bigint[], $3::bigint[]) AS p(uid, pstart) ON p.uid = f.budget_uid
+    WHERE f.org = $1
+      AND (split_part(e.stream_id, '-', 1)::bigint, split_part(e.stream_id, '-', 2)::bigint)
+          <= ($4::bigint, $5::bigint)
+),
+counted AS (
+    SELECT budget_uid, spent, reserved_delta AS reserved
+    FROM fx WHERE type NOT IN ('commit', 'release', 'expire')
+    UNION ALL
+    SELECT budget_uid, coalesce(sum(spent) FILTER (WHERE type = 'commit'), 0),
+           min(reserved_delta)
+    FROM fx WHERE type IN ('commit', 'release', 'expire')
+    GROUP BY budget_uid, reservation_id, created_ms
+)
+SELECT budget_uid, coalesce(sum(spent), 0) AS spent, coalesce(sum(reserved), 0) AS reserved
+FROM counted
+GROUP BY budget_uid
 """
 
 # Reservations with a reserve event and no ending one. A reservation's events share its
@@ -89,12 +109,35 @@ WHERE r.org = $1 AND r.type = 'reserve'
 ORDER BY r.reservation_id
 """
 
-# How reservations (id, created) ended, with what a committed record keeps for refunds. One row
-# each, its final state: a commit after the hold expired leaves it committed.
+# How reservations (id, created) ended, with all a record needs to answer retries and refunds:
+# those that ended within the retention window (their records would still be in Redis: a retried
+# Commit answers what the first one did, a Refund works), and the ones given ($2, $3: Redis marks
+# them held). One row each, its final state: commit wins over release and expire (a commit after
+# the hold expired leaves it committed; a Redis rewound to before a commit may end it again).
 ENDED = """
+WITH wanted AS (
+    SELECT reservation_id AS rid, created_ms AS created FROM ledger_events
+    WHERE org = $1 AND type IN ('commit', 'release', 'expire')
+      AND at > timestamptz 'epoch' + $4 * interval '1 millisecond'
+    UNION
+    SELECT rid, created FROM unnest($2::text[], $3::bigint[]) AS h(rid, created)
+)
 SELECT DISTINCT ON (e.reservation_id, e.created_ms)
        e.reservation_id, e.created_ms, e.type, e.amount_nanos, e.released_nanos, e.late,
        e.fingerprint, coalesce(r.amount_nanos, 0) AS hold, coalesce(r.budget_uids, '{}') AS uids,
+       coalesce(r.price_ref, '') AS price_ref, coalesce(r.fingerprint, '') AS reserve_fp,
+       coalesce(r.subject, '{}') AS subject, coalesce(r.expires_at_ms, 0) AS reserved_expires_at_ms,
+       coalesce((SELECT x.expires_at_ms FROM ledger_events x
+                 WHERE x.org = e.org AND x.reservation_id = e.reservation_id
+                   AND x.created_ms = e.created_ms AND x.type = 'extend'
+                 ORDER BY split_part(x.stream_id, '-', 1)::bigint DESC,
+                          split_part(x.stream_id, '-', 2)::bigint DESC
+                 LIMIT 1),
+                r.expires_at_ms, 0) AS expires_at_ms,
+       (SELECT floor(extract(epoch FROM max(x.at)) * 1000)::bigint FROM ledger_events x
+        WHERE x.org = e.org AND x.reservation_id = e.reservation_id
+          AND x.created_ms = e.created_ms
+          AND x.type IN ('commit', 'release', 'expire')) AS ended_ms,
        coalesce((SELECT sum(f.amount_nanos) FROM ledger_events f
                  WHERE f.org = e.org AND f.reservation_id = e.reservation_id
                    AND f.created_ms = e.created_ms AND f.type = 'refund'), 0) AS refunded,
@@ -105,20 +148,13 @@ SELECT DISTINCT ON (e.reservation_id, e.created_ms)
        coalesce((SELECT jsonb_object_agg(x.budget_uid::text, x.period_start_ms)
                  FROM ledger_effects x WHERE x.org = e.org AND x.event_id = e.event_id),
                 '{}') AS periods
-FROM ledger_events e
-JOIN unnest($2::text[], $3::bigint[]) AS h(rid, created)
-  ON e.reservation_id = h.rid AND e.created_ms = h.created
+FROM wanted w
+JOIN ledger_events e ON e.org = $1 AND e.reservation_id = w.rid AND e.created_ms = w.created
 LEFT JOIN ledger_events r ON r.org = e.org AND r.reservation_id = e.reservation_id
   AND r.created_ms = e.created_ms AND r.type = 'reserve'
-WHERE e.org = $1 AND e.type IN ('commit', 'release', 'expire')
+WHERE e.type IN ('commit', 'release', 'expire')
 ORDER BY e.reservation_id, e.created_ms,
          CASE e.type WHEN 'commit' THEN 0 WHEN 'release' THEN 1 ELSE 2 END
-"""
-
-# Reservations refunded within the retention window (their records may still be in Redis).
-REFUNDED = """
-SELECT DISTINCT reservation_id FROM ledger_events
-WHERE org = $1 AND type = 'refund' AND at > now() - $2 * interval '1 millisecond'
 """
 
 # Orgs a rebuild of the whole data set covers: those with budgets, and those whose
@@ -165,9 +201,14 @@ def _hold_args(h: asyncpg.Record) -> list[str | int]:
         h["price_ref"] or "0",
         h["fingerprint"],
         _json_text(h["subject"]),
-        # the first answer, for retries: the expiry the Reserve gave (balances are not kept)
-        json.dumps([str(amount), str(h["reserved_expires_at_ms"]), []]),
+        _reserve_answer(h),
     ]
+
+
+def _reserve_answer(r: asyncpg.Record) -> str:
+    """The first answer to a Reserve, for retries: the hold and the expiry the Reserve gave
+    (balances are not kept)."""
+    return json.dumps([str(r["amount_nanos"]), str(r["reserved_expires_at_ms"]), []])
 
 
 def _ended_args(e: asyncpg.Record) -> list[str | int]:
@@ -189,7 +230,64 @@ def _ended_args(e: asyncpg.Record) -> list[str | int]:
         int(e["refunded"]),
         answer,
         e["refunds"],
+        # what a record Redis no longer has is made of
+        ",".join(str(u) for u in e["uids"]),
+        e["expires_at_ms"],
+        e["price_ref"] or "0",
+        e["reserve_fp"],
+        _json_text(e["subject"]),
+        json.dumps([str(hold), str(e["reserved_expires_at_ms"]), []]),
+        e["ended_ms"],
     ]
+
+
+class _Restore:
+    """Sends an org's restored state to the restore script in calls of at most `chunk` budgets
+    and records each, so no call is large enough to hold Redis up (nor to pass its limit on
+    arguments); the org stays fenced until `finish` writes the epoch."""
+
+    def __init__(
+        self, scripts: Scripts, org: str, head: list[str | int], ledger_last_id: str, chunk: int
+    ) -> None:
+        self.scripts = scripts
+        self.org = org
+        self.head = head  # epoch, retention, now
+        self.ledger_last_id = ledger_last_id
+        self.chunk = max(1, chunk)
+        self.first = True
+        self.parts: dict[str, tuple[list[str], list[str | int]]] = {
+            kind: ([], []) for kind in ("budget", "hold", "ended")
+        }
+        self.count = 0
+        self.totals = [0, 0, 0]
+
+    async def add(self, kind: str, key: str, args: list[str | int]) -> None:
+        part_keys, part_args = self.parts[kind]
+        part_keys.append(key)
+        part_args += args
+        self.count += 1
+        if self.count >= self.chunk:
+            await self._send(finish=False)
+
+    async def finish(self) -> list[int]:
+        await self._send(finish=True)
+        return self.totals
+
+    async def _send(self, *, finish: bool) -> None:
+        (b_keys, b_args), (h_keys, h_args), (e_keys, e_args) = self.parts.values()
+        args: list[str | int] = [*self.head, "1" if self.first else "0", "1" if finish else "0"]
+        args += [len(b_keys), len(h_keys), len(e_keys), self.ledger_last_id, GROUP]
+        org = self.org
+        reply = await self.scripts.run(
+            "restore",
+            [keys.config(org), keys.expiries(org), keys.ledger(org), keys.config_changes(org),
+             *b_keys, *h_keys, *e_keys],
+            [*args, *b_args, *h_args, *e_args],
+        )  # fmt: skip
+        self.totals = [t + int(v) for t, v in zip(self.totals, reply[1:4], strict=True)]
+        self.first = False
+        self.count = 0
+        self.parts = {kind: ([], []) for kind in self.parts}
 
 
 async def rebuild_org(
@@ -201,6 +299,7 @@ async def rebuild_org(
     epoch: str,
     retention_ms: int,
     wait_seconds: float = 30.0,
+    chunk: int = CHUNK,
 ) -> Rebuilt:
     """Set `org`'s config, counters and reservations in Redis to what PostgreSQL says."""
     client = scripts.client
@@ -213,44 +312,26 @@ async def rebuild_org(
     rows = await pool.fetch(LEDGER_SUMS, org, uids, pstarts, 2**62, 0)
     sums = {r["budget_uid"]: (int(r["spent"]), int(r["reserved"])) for r in rows}
     holds = await pool.fetch(OPEN_HOLDS, org)
-    ended = await _ended_in_ledger(
-        scripts, pool, org, {h["reservation_id"] for h in holds}, retention_ms
-    )
+    held = await _held_in_redis(scripts, org, {h["reservation_id"] for h in holds})
     ledger_last_id = await pool.fetchval(LEDGER_LAST_ID, org) or ""
 
-    budget_values: list[str | int] = []
+    restore = _Restore(scripts, org, [epoch, retention_ms, now], ledger_last_id, chunk)
     for b, pstart in zip(budgets, pstarts, strict=True):
         spent, reserved = sums.get(b.uid, (0, 0))
-        budget_values += [*budget_args(b), spent, reserved, pstart]
-    records = [("hold", h) for h in holds] + [("ended", e) for e in ended]
-    chunks = [records[i : i + CHUNK] for i in range(0, len(records), CHUNK)] or [[]]
-    totals = [0, 0, 0]
-    for index, chunk in enumerate(chunks):
-        last = index == len(chunks) - 1
-        held = [r for kind, r in chunk if kind == "hold"]
-        done = [r for kind, r in chunk if kind == "ended"]
-        args: list[str | int] = [epoch, retention_ms, now, "1" if last else "0"]
-        args += [len(budgets) if last else 0, len(held), len(done), ledger_last_id, GROUP]
-        if last:
-            args += budget_values
-        for h in held:
-            args += _hold_args(h)
-        for e in done:
-            args += _ended_args(e)
-        reply = await scripts.run(
-            "restore",
-            [
-                keys.config(org),
-                keys.expiries(org),
-                keys.ledger(org),
-                keys.config_changes(org),
-                *((keys.budget(org, u) for u in uids) if last else ()),
-                *(keys.reservation(org, h["reservation_id"]) for h in held),
-                *(keys.reservation(org, e["reservation_id"]) for e in done),
-            ],
-            args,
+        await restore.add(
+            "budget", keys.budget(org, b.uid), [*budget_args(b), spent, reserved, pstart]
         )
-        totals = [t + int(v) for t, v in zip(totals, reply[1:4], strict=True)]
+    for h in holds:
+        await restore.add("hold", keys.reservation(org, h["reservation_id"]), _hold_args(h))
+    # Ended reservations can be many (every call within the retention window): read in slices.
+    async with pool.acquire() as conn, conn.transaction():
+        ended = conn.cursor(
+            ENDED, org, [rid for rid, _ in held], [c for _, c in held], now - retention_ms,
+            prefetch=restore.chunk,
+        )  # fmt: skip
+        async for e in ended:
+            await restore.add("ended", keys.reservation(org, e["reservation_id"]), _ended_args(e))
+    totals = await restore.finish()
     await redis_call(client.sadd(keys.ORGS, org))
     result = Rebuilt(org, *totals)
     log.info("ledger.rebuilt", org=org, budgets=result.budgets, holds=result.holds,
@@ -258,28 +339,19 @@ async def rebuild_org(
     return result
 
 
-async def _ended_in_ledger(
-    scripts: Scripts, pool: asyncpg.Pool, org: str, open_ids: set[str], retention_ms: int
-) -> list[asyncpg.Record]:
-    """How reservations ended that Redis may hold as they were before: those Redis marks held
-    (in its expiry index) that the ledger says ended, and those refunded within the retention
-    (a committed record may have missed its refunds)."""
+async def _held_in_redis(scripts: Scripts, org: str, open_ids: set[str]) -> list[tuple[str, int]]:
+    """Reservations (id, created) Redis marks held (in its expiry index) that the ledger has no
+    open hold for: the ledger says how they ended, however long ago."""
     client = scripts.client
     held: list[str] = await redis_call(client.zrange(keys.expiries(org), 0, -1))
-    refunded = await pool.fetch(REFUNDED, org, retention_ms)
-    candidates = sorted({rid for rid in held if rid not in open_ids} | {
-        r["reservation_id"] for r in refunded
-    })  # fmt: skip
+    candidates = sorted(rid for rid in held if rid not in open_ids)
     if not candidates:
         return []
     async with client.pipeline(transaction=False) as pipe:
         for rid in candidates:
             pipe.hget(keys.reservation(org, rid), "created")
         created = await redis_call(pipe.execute())
-    pairs = [(rid, int(c)) for rid, c in zip(candidates, created, strict=True) if c]
-    if not pairs:
-        return []
-    return list(await pool.fetch(ENDED, org, [rid for rid, _ in pairs], [c for _, c in pairs]))
+    return [(rid, int(c)) for rid, c in zip(candidates, created, strict=True) if c]
 
 
 async def active_orgs(pool: asyncpg.Pool, window_ms: int) -> list[str]:

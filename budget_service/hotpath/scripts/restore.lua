@@ -1,56 +1,57 @@
 -- Rebuild an org's state in Redis from the PostgreSQL ledger (budget_service/ledger/recovery.py).
--- The org is fenced while this runs: its epoch is gone from the config hash, so every money
--- script of a budgeted org answers LOST and nothing else changes its counters. Reservation
--- records may come in chunks (`finish` = 0); the last call (`finish` = 1) writes the config and
--- the counters and puts the epoch back, which lifts the fence.
+-- The org is fenced while this runs (`_x` in its config hash): every money script of the org
+-- answers LOST and nothing else changes its counters. The state comes in calls of a bounded
+-- size: the first (`first` = 1) drops the budgets of the config, every call writes its budgets
+-- and reservation records, and the last one (`finish` = 1) puts the epoch back, which lifts the
+-- fence with everything restored.
 local cfg_key = KEYS[1]
 local exp_key = KEYS[2]
 local ledger_key = KEYS[3]
 local log_key = KEYS[4]  -- the config change log (config_changes.lua)
 -- KEYS[5 ..]: budget state hashes (n), then the records of open holds (m), then the records of
--- reservations Redis holds that the ledger says ended (k)
+-- reservations that ended (k)
 
 local epoch = ARGV[1]
 local retention_ms = tonumber(ARGV[2])
 local now_ms = tonumber(ARGV[3])
-local finish = ARGV[4] == '1'
-local n = tonumber(ARGV[5])
-local m = tonumber(ARGV[6])
-local k = tonumber(ARGV[7])
+local first = ARGV[4] == '1'
+local finish = ARGV[5] == '1'
+local n = tonumber(ARGV[6])
+local m = tonumber(ARGV[7])
+local k = tonumber(ARGV[8])
 -- The newest stream id the ledger holds for the org ('' for none) and the writers' group: a
 -- rewound outbox (a replica that missed writes) is moved past it, so new events never get ids
 -- the ledger already has, and reconciliation finds no event Redis never saw.
-local ledger_last_id = ARGV[8]
-local group = ARGV[9]
+local ledger_last_id = ARGV[9]
+local group = ARGV[10]
 -- per budget, 10 values: uid, config json, id, limit, overdraft, mode, version, spent, reserved,
 --   period start
 -- per open hold, 9: id, amount, uids, expires (extended ones included), created, price ref,
 --   fingerprint, subject, stored answer
--- per ended reservation, 11: id, created, state, charged or given back, hold, late, commit
+-- per ended reservation, 18: id, created, state, charged or given back, hold, late, commit
 --   fingerprint, commit periods, refunded, stored answer, its refunds ('<refund id>=<given>'
---   joined by ';': a retried refund id answers what it gave, whatever amount it asks)
-local BUDGET_ARGS, HOLD_ARGS, ENDED_ARGS = 10, 9, 11
+--   joined by ';': a retried refund id answers what it gave, whatever amount it asks); then
+--   what its record is made of when Redis has none: uids, expires, price ref, fingerprint,
+--   subject, stored reserve answer; and when it ended (ms)
+local BUDGET_ARGS, HOLD_ARGS, ENDED_ARGS = 10, 9, 18
 
-local a = 10
+local a = 11
 local budgets, holds, ended = 0, 0, 0
-if finish then
-  local keep = {}
-  for i = 0, n - 1 do
-    local base = a + BUDGET_ARGS * i
-    local key = KEYS[5 + i]
-    redis.call('DEL', key)
-    redis.call('HSET', key, 'id', ARGV[base + 2], 'limit', ARGV[base + 3], 'od', ARGV[base + 4],
-      'mode', ARGV[base + 5], 'ver', ARGV[base + 6], 'spent', ARGV[base + 7],
-      'reserved', ARGV[base + 8], 'pstart', ARGV[base + 9])
-    redis.call('HSET', cfg_key, ARGV[base], ARGV[base + 1])
-    keep[ARGV[base]] = true
-    budgets = budgets + 1
-  end
+if first then
+  -- budgets the ledger's account does not have go; those it has come back in these calls
   for _, field in ipairs(redis.call('HKEYS', cfg_key)) do
-    if string.sub(field, 1, 1) ~= '_' and not keep[field] then
-      redis.call('HDEL', cfg_key, field)
-    end
+    if string.sub(field, 1, 1) ~= '_' then redis.call('HDEL', cfg_key, field) end
   end
+end
+for i = 0, n - 1 do
+  local base = a + BUDGET_ARGS * i
+  local key = KEYS[5 + i]
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'id', ARGV[base + 2], 'limit', ARGV[base + 3], 'od', ARGV[base + 4],
+    'mode', ARGV[base + 5], 'ver', ARGV[base + 6], 'spent', ARGV[base + 7],
+    'reserved', ARGV[base + 8], 'pstart', ARGV[base + 9])
+  redis.call('HSET', cfg_key, ARGV[base], ARGV[base + 1])
+  budgets = budgets + 1
 end
 a = a + BUDGET_ARGS * n
 
@@ -76,35 +77,53 @@ for j = 0, m - 1 do
 end
 a = a + HOLD_ARGS * m
 
+-- An ended reservation's record is put in its final state, with the life it had left: as long
+-- as the ending script gave it (retention from the end), so a retried Commit, Release or Refund
+-- answers as the first one did. A record of a later reservation with the same id is left alone.
 for j = 0, k - 1 do
   local base = a + ENDED_ARGS * j
   local key = KEYS[5 + n + m + j]
   local r = redis.call('HMGET', key, 'state', 'created')
   local state = ARGV[base + 2]
-  if r[2] == ARGV[base + 1] and (r[1] == 'held' or (r[1] == 'committed' and state == r[1])) then
-    if state == 'committed' then
-      if r[1] == 'held' then
-        redis.call('HSET', key, 'state', 'committed', 'charged', ARGV[base + 3],
-          'cfp', ARGV[base + 6], 'cps', ARGV[base + 7], 'cres', ARGV[base + 9])
-      end
-      -- a committed record behind the ledger's refunds (a promoted replica) catches up too
-      redis.call('HSET', key, 'refunded', ARGV[base + 8])
-      local refunds = 0
-      for refund_id, given in string.gmatch(ARGV[base + 10], '([^;=]+)=([^;]+)') do
-        redis.call('HSET', key, 'rf:' .. refund_id, '*:' .. given)
-        refunds = refunds + 1
-      end
-      redis.call('HSET', key, 'rfn', refunds)
-    elseif state == 'released' then
-      redis.call('HSET', key, 'state', 'released', 'released', ARGV[base + 3])
+  local ended_ms = ARGV[base + 17]
+  local ttl = tonumber(ended_ms) + retention_ms - now_ms
+  if not r[1] or r[2] == ARGV[base + 1] then
+    if ttl <= 0 then
+      -- past its retention: its record would be gone by now
+      redis.call('DEL', key)
     else
-      redis.call('HSET', key, 'state', 'expired', 'expired_at', now_ms)
+      if not r[1] then
+        redis.call('HSET', key, 'fp', ARGV[base + 14], 'amount', ARGV[base + 4],
+          'uids', ARGV[base + 11], 'exp', ARGV[base + 12], 'created', ARGV[base + 1],
+          'pv', ARGV[base + 13], 'subj', ARGV[base + 15], 'rres', ARGV[base + 16])
+      end
+      if r[1] ~= state then
+        if state == 'committed' then
+          redis.call('HSET', key, 'state', 'committed', 'charged', ARGV[base + 3],
+            'cfp', ARGV[base + 6], 'cps', ARGV[base + 7], 'cres', ARGV[base + 9])
+        elseif state == 'released' then
+          redis.call('HSET', key, 'state', 'released', 'released', ARGV[base + 3])
+        else
+          redis.call('HSET', key, 'state', 'expired', 'expired_at', ended_ms)
+        end
+        redis.call('PEXPIRE', key, ttl)
+      end
+      if state == 'committed' then
+        -- a committed record behind the ledger's refunds (a promoted replica) catches up too;
+        -- the refunds it has keep what they asked
+        redis.call('HSET', key, 'refunded', ARGV[base + 8])
+        local refunds = 0
+        for refund_id, given in string.gmatch(ARGV[base + 10], '([^;=]+)=([^;]+)') do
+          redis.call('HSETNX', key, 'rf:' .. refund_id, '*:' .. given)
+          refunds = refunds + 1
+        end
+        if refunds > tonumber(redis.call('HGET', key, 'rfn') or '0') then
+          redis.call('HSET', key, 'rfn', refunds)
+        end
+      end
     end
-    if r[1] == 'held' then
-      redis.call('PEXPIRE', key, retention_ms)
-      redis.call('ZREM', exp_key, ARGV[base])
-      ended = ended + 1
-    end
+    redis.call('ZREM', exp_key, ARGV[base])
+    if r[1] == 'held' then ended = ended + 1 end
   end
 end
 
