@@ -313,6 +313,15 @@ class Model:
             r.commit_answer = ("ok", (charged, given_back, overage, late, ()))
         r.refunds = {rid: (ANY_AMOUNT, given) for rid, (_, given) in r.refunds.items()}
 
+    def refunds_restored(self, reservation_id: str, kept: set[str]) -> None:
+        """A rebuild added the refunds a committed record missed from the ledger: those answer
+        whatever amount a retry asks; the ones it kept answer as before."""
+        r = self.reservations[reservation_id]
+        r.refunds = {
+            rid: (asked if rid in kept else ANY_AMOUNT, given)
+            for rid, (asked, given) in r.refunds.items()
+        }
+
     # -- what the store should hold -----------------------------------------------------------
 
     def counters(self, now_ms: int) -> dict[str, tuple[int, int]]:

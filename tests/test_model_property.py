@@ -316,6 +316,9 @@ class BudgetMachine(RuleBasedStateMachine):
         self.configs: dict[str, BudgetConfig] = {}
         self.big = False
         self.requests: dict[str, tuple[Any, ...]] = {}  # reservation id -> first admitted call
+        # reservation id -> (state, when it last changed): a rebuild restores the records of
+        # reservations that ended within the retention window
+        self.changed: dict[str, tuple[str, int]] = {}
         self.actuals: dict[str, int] = {}  # reservation id -> first committed actual
         self.bulk = itertools.count()
 
@@ -723,7 +726,7 @@ class BudgetMachine(RuleBasedStateMachine):
     def lose_everything_and_rebuild(self, data: st.DataObject) -> None:
         """Redis loses every key of the org (after the writer caught up, so the ledger has it
         all): calls fail closed until the rebuild, which restores what the model has, except
-        the records of reservations that had ended."""
+        the records of reservations that ended before the retention window."""
         self._drain()
 
         async def lose() -> None:
@@ -745,8 +748,11 @@ class BudgetMachine(RuleBasedStateMachine):
                 ttl_ms=60_000)), ("DataLost",))  # fmt: skip
         self._rebuild()
         for rid, r in list(self.model.reservations.items()):
-            if r.state == "held":
+            if r.state == "held" or not self._past_retention(rid):
+                # its record comes back from the ledger, the answers it keeps without balances
                 self.model.restored_by_rebuild(rid)
+                if r.state != "held":
+                    self.model.ended_by_rebuild(rid)
             else:
                 self._forget(rid)
         self.snapshot = None  # a replica from before the loss: the rebuild is the new baseline
@@ -773,7 +779,7 @@ class BudgetMachine(RuleBasedStateMachine):
         self._drain()
         before = self.snapshot
 
-        async def rewind() -> set[str]:
+        async def rewind() -> dict[str, dict[str, str]]:
             raw = aioredis.Redis.from_url(REDIS_URL[0])
             try:
                 names = await self._org_keys(raw)
@@ -782,29 +788,44 @@ class BudgetMachine(RuleBasedStateMachine):
                 for name, value in before.items():
                     await raw.restore(name, 0, value)
                 prefix = f"ba:{{{self.org}}}:r:".encode()
-                return {n[len(prefix) :].decode() for n in before if n.startswith(prefix)}
+                return {n[len(prefix) :].decode(): {} for n in before if n.startswith(prefix)}
             finally:
                 await raw.aclose()
 
         kept = self.run(rewind())
+        for rid in kept:  # what the promoted replica's records say
+            kept[rid] = self.run(self.client.hgetall(keys.reservation(self.org, rid)))
         self._drain()  # the writers see the rewound outbox again: every entry is a duplicate
-        held_then = {
-            rid for rid in kept if self.run(self.client.hget(keys.reservation(self.org, rid),
-                                                             "state")) == "held"
-        }  # fmt: skip
         self._rebuild()
         for rid, r in list(self.model.reservations.items()):
+            then = kept.get(rid)
             if r.state == "held":
-                if rid not in kept:
+                if then is None:
                     self.model.restored_by_rebuild(rid)  # reserved after the snapshot
                 continue
-            if rid not in kept:
-                self._forget(rid)  # ended after the snapshot: its record is gone
-            elif rid in held_then:
+            if self._past_retention(rid):
+                self._forget(rid)  # its record would be gone by now
+            elif then is None:  # ended after the snapshot: its record comes from the ledger
+                self.model.restored_by_rebuild(rid)
+                self.model.ended_by_rebuild(rid)
+            elif then.get("state") != r.state:
                 self.model.ended_by_rebuild(rid)  # ended from the ledger's account
+            else:  # refunds after the snapshot come from the ledger
+                self.model.refunds_restored(rid, {f[3:] for f in then if f.startswith("rf:")})
+
+    def _past_retention(self, rid: str) -> bool:
+        """The reservation ended longer than the retention ago (its record expired)."""
+        self._note_changes()
+        return self.now >= self.changed[rid][1] + RETENTION_MS
+
+    def _note_changes(self) -> None:
+        for rid, r in self.model.reservations.items():
+            if self.changed.get(rid, ("",))[0] != r.state:
+                self.changed[rid] = (r.state, self.now)
 
     def _forget(self, rid: str) -> None:
         self.model.reservations.pop(rid, None)
+        self.changed.pop(rid, None)
         self.requests.pop(rid, None)
         self.actuals.pop(rid, None)
 
@@ -814,6 +835,7 @@ class BudgetMachine(RuleBasedStateMachine):
     def store_matches_model(self) -> None:
         if not self.engines:
             return
+        self._note_changes()
         configs = list(self.configs.values())
         rids = sorted(self.model.reservations)
 

@@ -22,17 +22,13 @@ from budget_service.hotpath.sweeper import Sweeper
 from budget_service.ledger.progress import last_event_id, wait_written
 from budget_service.ledger.recovery import rebuild_org
 from genproto.budget.v1 import budget_pb2 as pb
+from tests import test_data_loss as data_loss
 from tests.helpers import reserve, rid, status, upsert, usd
-from tests.test_data_loss import (  # noqa: F401 (fixtures)
-    Service,
-    _dump,
-    _restore,
-    commit,
-    manual,
-    refused_code,
-    stores,
-    written,
-)
+from tests.test_data_loss import Service, _dump, _restore, commit, refused_code, written
+
+# the module's own Redis and PostgreSQL, and a service without automatic rebuilds
+stores = data_loss.stores
+manual = data_loss.manual
 
 
 async def drained(service: Service, org: str) -> None:

@@ -84,6 +84,12 @@ for j = 0, k - 1 do
   local base = a + ENDED_ARGS * j
   local key = KEYS[5 + n + m + j]
   local r = redis.call('HMGET', key, 'state', 'created')
+  if r[1] and tonumber(r[2] or '0') < tonumber(ARGV[base + 1]) then
+    -- an older reservation with the same id (forgotten and the id used again): the ledger's
+    -- is the one retries mean
+    redis.call('DEL', key)
+    r = {false, false}
+  end
   local state = ARGV[base + 2]
   local ended_ms = ARGV[base + 17]
   local ttl = tonumber(ended_ms) + retention_ms - now_ms
