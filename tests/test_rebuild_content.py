@@ -19,6 +19,7 @@ from google.protobuf import duration_pb2
 from budget_service.hotpath import keys
 from budget_service.hotpath.store import Scripts
 from budget_service.hotpath.sweeper import Sweeper
+from budget_service.ledger import reconcile
 from budget_service.ledger.progress import last_event_id, wait_written
 from budget_service.ledger.recovery import rebuild_org
 from genproto.budget.v1 import budget_pb2 as pb
@@ -76,10 +77,18 @@ async def test_a_commit_and_an_expire_of_one_hold_are_counted_once_by_the_rebuil
     )  # fmt: skip
     assert [r["type"] for r in types] == ["commit", "expire", "reserve"]
 
+    found = await reconcile.compare(s.app.engine.scripts, s.app.pool, org=org)
+    assert (reconcile.ENDED_TWICE, 0, 1) in [
+        (d.counter, d.redis_nanos, d.ledger_nanos) for d in found
+    ]
+
     rebuilt = await s.app.rebuilder.rebuild(org, force=True)
     assert rebuilt is not None
     st = await status(s.admin, org, "cap")
     assert (st.spent_nanos, st.reserved_nanos) == (usd("0.30"), 0)
+    # the counters agree with the ledger now; that it ended the reservation twice is still told
+    found = await reconcile.compare(s.app.engine.scripts, s.app.pool, org=org)
+    assert [(d.counter, d.ledger_nanos) for d in found] == [(reconcile.ENDED_TWICE, 1)]
     over = await refused_code(reserve(s.budgets, org, usd("1.00") - usd("0.30") + 1))
     assert over.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     await reserve(s.budgets, org, usd("0.70"))  # exactly the room left

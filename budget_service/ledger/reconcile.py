@@ -5,7 +5,10 @@
 and sums the ledger's effects up to that id: spent per budget for the period Redis counts, holds
 per budget over all time. Any difference is reported; there should be none.
 
-A counter below zero is always reported, even where the ledger sums to the same value.
+A counter below zero is always reported, even where the ledger sums to the same value. So is a
+reservation the ledger ends twice (its hold given back by two of commit, release and expire: a
+Redis rewound to before a commit expired the hold again): the sums count it once, in its final
+state, and the report says that it happened.
 
 `--rebuild` restores an org's config, counters and reservations from the ledger
 (budget_service/ledger/recovery.py): after Redis lost its data (the service does it by itself),
@@ -39,6 +42,7 @@ from servicekit.settings import Settings
 
 log = structlog.get_logger(__name__)
 LOST_WRITES = "events_redis_never_saw"
+ENDED_TWICE = "reservations_ended_twice"
 
 # Events of the org whose stream id is past the newest Redis's outbox ever generated.
 LEDGER_AHEAD = """
@@ -46,6 +50,23 @@ SELECT count(*) FROM ledger_events
 WHERE org = $1
   AND (split_part(stream_id, '-', 1)::bigint, split_part(stream_id, '-', 2)::bigint)
       > ($2::bigint, $3::bigint)
+"""
+
+# Reservations of the org (up to a stream position) whose hold the ledger says was given back
+# more than once: two of commit (one that found the hold still held), release and expire. Only
+# a Redis that lost writes does that (rewound to before a commit, it expired the hold again).
+# The sums count each reservation once, in its final state; this says that it happened.
+ENDED_TWICE_SQL = """
+SELECT count(*) FROM (
+    SELECT 1 FROM ledger_events
+    WHERE org = $1
+      AND ((type = 'commit' AND released_nanos <> 0)
+           OR (type IN ('release', 'expire') AND amount_nanos <> 0))
+      AND (split_part(stream_id, '-', 1)::bigint, split_part(stream_id, '-', 2)::bigint)
+          <= ($2::bigint, $3::bigint)
+    GROUP BY reservation_id, created_ms
+    HAVING count(*) > 1
+) twice
 """
 
 
@@ -58,7 +79,8 @@ class Difference:
     budget_uid: int
     # "spent" or "reserved"; or LOST_WRITES, when the ledger has events newer than any Redis's
     # outbox ever had (a Redis promoted from a replica that missed writes): budget_id is '' and
-    # ledger_nanos counts those events
+    # ledger_nanos counts those events; or ENDED_TWICE: ledger_nanos reservations whose hold
+    # the ledger gives back more than once (counted once in the sums)
     counter: str
     redis_nanos: int
     ledger_nanos: int
@@ -98,6 +120,9 @@ async def compare_org(
             # A negative counter is wrong whatever the ledger says: no spend or hold is below 0.
             if in_redis != in_ledger or in_redis < 0:
                 out.append(Difference(org, b.id, b.uid, counter, in_redis, in_ledger))
+    twice = await pool.fetchval(ENDED_TWICE_SQL, org, ms, seq)
+    if twice:
+        out.append(Difference(org, "", 0, ENDED_TWICE, 0, int(twice)))
     if last_id != "0-0":
         # A rewound outbox sums to its rewound counters: only events past it show the loss.
         ahead = await pool.fetchval(LEDGER_AHEAD, org, ms, seq)
@@ -193,6 +218,12 @@ async def _main(argv: list[str]) -> int:
         elif not found:
             print("no differences: Redis counters equal the ledger")
         for d in [] if args.json else found:
+            if d.counter == ENDED_TWICE:
+                print(
+                    f"{d.org}: the ledger ends {d.ledger_nanos} reservations twice (a Redis that"
+                    " lost writes ended them again); each counts once, in its final state"
+                )
+                continue
             if d.counter == LOST_WRITES:
                 print(
                     f"{d.org}: the ledger has {d.ledger_nanos} events Redis's outbox never"
