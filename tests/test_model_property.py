@@ -583,7 +583,12 @@ class BudgetMachine(RuleBasedStateMachine):
     def refund(self, refund_id: str, how: str, delta: int, data: st.DataObject) -> None:
         rid = self._rid(data, "committed")
         r = self.model.reservations.get(rid)
-        if how == "retry" and r is not None and refund_id in r.refunds:
+        if (
+            how == "retry"
+            and r is not None
+            and refund_id in r.refunds
+            and r.refunds[refund_id][0] != ref.ANY_AMOUNT  # restored: any amount retries it
+        ):
             amount = r.refunds[refund_id][0]
         elif how == "rest" and r is not None:
             amount = max(1, r.charged - r.refunded + delta)
