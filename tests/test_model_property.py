@@ -800,6 +800,14 @@ class BudgetMachine(RuleBasedStateMachine):
         kept = self.run(rewind())
         for rid in kept:  # what the promoted replica's records say
             kept[rid] = self.run(self.client.hgetall(keys.reservation(self.org, rid)))
+        # Redis expires records by its own clock, which this test's clock outruns: a record of
+        # a reservation that ended longer than the retention ago would be gone by now.
+        for rid, then in kept.items():
+            r = self.model.reservations.get(rid)
+            if then.get("state") != "held" and (
+                r is None or (r.state != "held" and self._past_retention(rid))
+            ):
+                self.run(self.client.delete(keys.reservation(self.org, rid)))
         self._drain()  # the writers see the rewound outbox again: every entry is a duplicate
         self._rebuild()
         for rid, r in list(self.model.reservations.items()):
