@@ -18,7 +18,6 @@ import pytest
 from budget_service.hotpath import keys
 from budget_service.ledger.progress import last_event_id, wait_written
 from devstack import PostgresProcess, RedisProcess, free_port
-from genproto.budget.v1 import budget_pb2 as pb
 from tests.conftest import Stack
 from tests.helpers import error_info, reserve, status, upsert, usd
 from tests.test_data_loss import Service, _start, commit, refused_code
