@@ -15,9 +15,12 @@ from typing import Any
 import grpc
 import pytest
 
+from budget_service.config.budget_repo import BudgetRepository
+from budget_service.config.sync import ConfigSync
 from budget_service.hotpath import keys
 from budget_service.ledger.progress import last_event_id, wait_written
 from devstack import PostgresProcess, RedisProcess, free_port
+from genproto.budget.v1 import budget_pb2 as pb
 from tests.conftest import Stack
 from tests.helpers import error_info, reserve, status, upsert, usd
 from tests.test_data_loss import Service, _start, commit, refused_code
@@ -172,3 +175,46 @@ async def test_a_foreign_data_set_found_at_run_time_is_never_overwritten(automat
     finally:
         await s.app.redis.set(keys.EPOCH, own)
         await s.app.redis.hset(keys.config(org), "_e", own)
+
+
+async def test_budget_changes_are_refused_while_fenced_and_synced_after_the_rebuild(automatic, org):
+    s = automatic
+    await upsert(s.admin, org, "cap", usd("1.00"))
+    await upsert(s.admin, org, "team", usd("0.40"), selector={"team": "a"})
+    spent = await reserve(s.budgets, org, usd("0.30"))
+    await commit(s, org, spent.reservation_id, usd("0.30"))
+    config = await s.app.engine.cache.refresh(org)
+    cap_uid = next(b.uid for b in config.budgets if b.id == "cap")
+    # fenced as a rebuild fences it, past the point where it read PostgreSQL
+    await s.app.redis.hset(keys.config(org), "_x", "1")
+    fenced_config = await s.app.redis.hgetall(keys.config(org))
+    fenced_cap = await s.app.redis.hgetall(keys.budget(org, cap_uid))
+
+    lowered = await refused_code(upsert(s.admin, org, "cap", usd("0.50")))
+    assert lowered.code() == grpc.StatusCode.UNAVAILABLE
+    assert (error_info(lowered).reason, error_info(lowered).metadata["org"]) == (
+        "ORG_REBUILDING",
+        org,
+    )
+    dropped = await refused_code(
+        s.admin.DeleteBudget(pb.DeleteBudgetRequest(org=org, budget_id="team"))
+    )
+    assert dropped.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(dropped).reason == "ORG_REBUILDING"
+    # the periodic sync leaves a fenced org alone too
+    await ConfigSync(s.app.engine.scripts, s.app.engine.cache.epoch).reconcile(
+        BudgetRepository(s.app.pool)
+    )
+    assert await s.app.redis.hgetall(keys.config(org)) == fenced_config
+    assert await s.app.redis.hgetall(keys.budget(org, cap_uid)) == fenced_cap
+
+    # the rebuild lifts the fence, then has the org synced: what PostgreSQL saved applies
+    await s.app.redis.hdel(keys.config(org), "_x")
+    assert s.app.rebuilder.after_rebuild is not None
+    await s.app.rebuilder.after_rebuild(org)
+    st = await status(s.admin, org, "cap")
+    assert (st.budget.limit_nanos, st.spent_nanos) == (usd("0.50"), usd("0.30"))
+    refused = await refused_code(reserve(s.budgets, org, usd("0.21")))
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    after = await s.app.engine.cache.refresh(org)
+    assert [b.id for b in after.budgets] == ["cap"]

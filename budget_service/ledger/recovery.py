@@ -6,9 +6,9 @@ A rebuild of one org (`rebuild_org`):
    LOST (UNAVAILABLE to callers, who retry), and every config script FENCED (OrgRebuilding:
    the change is saved in PostgreSQL and synced once the fence is lifted), so nothing changes
    it while the ledger's account of it is restored;
-2. reads the org's budgets from PostgreSQL (after fencing: a change saved before the fence is
-   in them, one saved after it was refused by Redis and is synced after the rebuild), and waits
-   until the ledger writers have written every event its outbox stream still holds;
+2. waits until the ledger writers have written every event its outbox stream still holds, and
+   reads the org's budgets from PostgreSQL (after fencing: a change saved until then is in
+   them; one saved later was refused by Redis, and is synced right after the rebuild);
 3. reads from the ledger: each budget's spent in its current period and its holds, every open
    hold (with the latest expiry an Extend gave it), and how each reservation that Redis still
    marks held really ended (a Redis promoted from a replica that missed the last writes);
@@ -223,8 +223,8 @@ async def rebuild_org(
     # Fenced before PostgreSQL is read: a config change that lands later is refused by the
     # scripts (FENCED) instead of being overwritten by the budgets read here; see the docstring.
     await redis_call(client.hset(keys.config(org), FENCE, "1"))
-    budgets = await BudgetRepository(pool).in_org(org)
     await wait_written(client, org, await last_event_id(client, org), wait_seconds)
+    budgets = await BudgetRepository(pool).in_org(org)
     now = clock.now_ms()
     pstarts = [bounds_ms(b.period, b.timezone, now)[0] for b in budgets]
     uids = [b.uid for b in budgets]
