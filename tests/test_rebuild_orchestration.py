@@ -18,6 +18,7 @@ import pytest
 from budget_service.config.budget_repo import BudgetRepository
 from budget_service.config.sync import ConfigSync
 from budget_service.hotpath import keys
+from budget_service.hotpath.errors import ForeignDataSet
 from budget_service.ledger.progress import last_event_id, wait_written
 from devstack import PostgresProcess, RedisProcess, free_port
 from genproto.budget.v1 import budget_pb2 as pb
@@ -169,6 +170,14 @@ async def test_a_foreign_data_set_found_at_run_time_is_never_overwritten(automat
         await asyncio.sleep(1.5)  # the rebuilder had every chance to write
         again = await refused_code(reserve(s.budgets, org, usd("0.01")))
         assert again.code() == grpc.StatusCode.UNAVAILABLE
+        assert await s.app.redis.get(keys.EPOCH) == "f0f0f0f0f0f0f0f0"
+        assert await s.app.redis.hgetall(keys.config(org)) == config_before
+        assert await s.app.redis.hgetall(keys.budget(org, uid)) == budget_before
+        # nor by hand (budgetctl reconcile --rebuild), for one org or for all
+        with pytest.raises(ForeignDataSet):
+            await s.app.rebuilder.rebuild(org, force=True)
+        with pytest.raises(ForeignDataSet):
+            await s.app.rebuilder.rebuild_all()
         assert await s.app.redis.get(keys.EPOCH) == "f0f0f0f0f0f0f0f0"
         assert await s.app.redis.hgetall(keys.config(org)) == config_before
         assert await s.app.redis.hgetall(keys.budget(org, uid)) == budget_before

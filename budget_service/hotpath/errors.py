@@ -106,11 +106,13 @@ class ForeignDataSet(DataLost):
     REDIS_URL and DATABASE_URL point at the same deployment again."""
 
     def __init__(self, org: str) -> None:
+        whose = "its" if org == "*" else f"org {org!r}'s"  # "*": the whole data set
         Unavailable.__init__(
             self,
             f"Redis holds another budget database's data set (its epoch is not this"
-            f" DATABASE_URL's), so org {org!r}'s budget state there is not this service's;"
-            " nothing is rebuilt over it and calls fail closed: point REDIS_URL and DATABASE_URL"
+            f" DATABASE_URL's), so {whose} budget state"
+            " there is not this service's; nothing is rebuilt over it and calls fail closed:"
+            " point REDIS_URL and DATABASE_URL"
             " at the same deployment, or empty that Redis database if it is meant to be rebuilt"
             " from this ledger",
         )

@@ -373,12 +373,12 @@ class Rebuilder:
                 " rebuilt over it and calls fail closed meanwhile",
             )
 
-    async def _check_sentinel(self) -> None:
+    async def _check_sentinel(self, org: str) -> None:
         """ForeignDataSet when Redis holds another database's data set: never rebuilt over."""
         found = await redis_call(self.scripts.client.get(keys.EPOCH))
         self.saw_sentinel(found)
         if self.foreign is not None:
-            raise ForeignDataSet("*")
+            raise ForeignDataSet(org)
 
     async def stop(self, wait_seconds: float = 5.0) -> None:
         """Cancel the rebuilds under way; an org left fenced is rebuilt by the next start."""
@@ -430,7 +430,7 @@ class Rebuilder:
     async def _rebuild_if_lost(
         self, conn: asyncpg.Connection, *, org: str, force: bool
     ) -> Rebuilt | None:
-        await self._check_sentinel()
+        await self._check_sentinel(org)
         found, fenced = await redis_call(self.scripts.client.hmget(keys.config(org), "_e", FENCE))
         # a fence left by a rebuild that did not finish (its process died) is a loss too
         if found == self.epoch and fenced is None and not force:
@@ -450,7 +450,7 @@ class Rebuilder:
             found = await redis_call(self.scripts.client.get(keys.EPOCH))
             if found == self.epoch:
                 return []
-            await self._check_sentinel()
+            await self._check_sentinel(ALL)
             log.error("rebuild.data_set_lost", action="rebuilding every org from the ledger")
             done = []
             for org in await active_orgs(conn, self.window_ms):
@@ -460,8 +460,8 @@ class Rebuilder:
                 if result is not None:
                     done.append(result)
                     await self._after(org)
-            await self._check_sentinel()  # never stamp this epoch over another data set
-            await redis_call(self.scripts.client.set(keys.EPOCH, self.epoch))
+            # only where it is still missing: never stamped over another data set's
+            await redis_call(self.scripts.client.set(keys.EPOCH, self.epoch, nx=True))
             log.info("rebuild.data_set_restored", orgs=len(done))
             return done
 
