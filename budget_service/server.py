@@ -10,6 +10,7 @@ startup probes ask it, so a pod waiting for prices is kept out of traffic, not r
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,7 +139,7 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
     )
     scripts = store.Scripts(redis, wire)
     await scripts.load()
-    pool = await db.connect(settings.database_url)
+    pool = await db.connect(settings.database_url, max_size=settings.database_pool_size)
     await db.migrate(pool, "budget_service", record_prefix="")
     repo = BudgetRepository(pool)
     epoch = await epochs.load(pool)
@@ -153,7 +154,8 @@ async def start(settings: Settings, clock: Clock | None = None) -> App:
         window_ms=int((settings.retention_seconds + settings.max_ttl_seconds) * 1000),
         enabled=settings.auto_rebuild,
     )  # fmt: skip
-    cache.on_lost = sync.on_lost = rebuilder.request
+    cache.on_lost = sync.on_lost = rebuilder.lost
+    rebuilder.after_rebuild = functools.partial(sync.reconcile_org, repo)
     ledger = LedgerWriter(
         redis,
         pool,

@@ -56,6 +56,9 @@ class Settings:
         "REDIS_TIMEOUT_SECONDS", 0.5, "connect and command timeout; past it calls fail closed"
     )
     redis_pool_size: int = _env("REDIS_POOL_SIZE", 128, "connections to Redis per process")
+    database_pool_size: int = _env(
+        "DATABASE_POOL_SIZE", 10, "connections to PostgreSQL per process (at least 2)"
+    )
     ledger_writer: bool = _env(
         "LEDGER_WRITER", True, "drain the ledger outbox into PostgreSQL in this process"
     )
@@ -158,6 +161,9 @@ class Settings:
                      "grpc_keepalive_timeout_seconds", "grpc_min_client_ping_seconds"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be greater than 0")
+        if self.database_pool_size < 2:
+            # a rebuild holds one connection while the ledger writer needs another
+            raise ConfigError("DATABASE_POOL_SIZE must be at least 2")
         if self.grpc_max_connection_age_seconds < 0:
             raise ConfigError("GRPC_MAX_CONNECTION_AGE_SECONDS must be 0 (never) or more")
         if self.grpc_max_receive_message_bytes < MIN_RECEIVE_MESSAGE_BYTES:

@@ -14,7 +14,7 @@ from budget_service.config.sync import ConfigSync
 from budget_service.hotpath import keys, price_refs
 from budget_service.hotpath.budgets import validate_budget
 from budget_service.hotpath.config_cache import ConfigCache
-from budget_service.hotpath.errors import DataLost
+from budget_service.hotpath.errors import DataLost, OrgRebuilding
 from budget_service.hotpath.periods import bounds_ms, spent_in_period
 from budget_service.hotpath.store import redis_call
 from budget_service.ledger.reports import SpendReports, parse_request
@@ -125,7 +125,7 @@ class BudgetAdminService(budget_pb2_grpc.BudgetAdminServiceServicer):
         first = config.version == 1 and await self.repo.count(config.org) == 1
         try:
             await self.sync.push(config, first_of_org=first)
-        except DataLost:  # the rebuild applies it; the message says so
+        except (DataLost, OrgRebuilding):  # the rebuild or the sync applies it (the message says)
             raise
         except Unavailable as exc:
             raise Unavailable(

@@ -228,6 +228,12 @@ class BudgetRepository:
             out.setdefault(org, {})[uid] = version
         return out
 
+    async def versions_in_org(self, org: str) -> dict[int, int]:
+        """uid -> version of every budget of one org."""
+        async with guard():
+            rows = await self.pool.fetch("SELECT uid, version FROM budgets WHERE org = $1", org)
+        return {uid: version for uid, version in rows}
+
     async def get_many(self, org: str, uids: list[int]) -> list[BudgetConfig]:
         """The budgets of `org` among `uids` (a uid deleted meanwhile is left out), by uid."""
         async with guard():

@@ -11,7 +11,7 @@ from budget_service.config.budget_repo import BudgetRepository
 from budget_service.hotpath import keys
 from budget_service.hotpath.budgets import BudgetConfig
 from budget_service.hotpath.config_cache import ConfigCache
-from budget_service.hotpath.errors import DataLost
+from budget_service.hotpath.errors import DataLost, OrgRebuilding
 from budget_service.hotpath.store import Scripts, redis_call
 
 log = structlog.get_logger(__name__)
@@ -31,7 +31,9 @@ class ConfigSync:
 
     `epoch` is this database's data-set epoch (budget_service/config/epoch.py): an org whose
     config in Redis lacks it has lost its data, and is handed to `on_lost` (the rebuild) instead
-    of being written with counters that start from zero.
+    of being written with counters that start from zero. An org being rebuilt from the ledger
+    (fenced) takes no config writes: OrgRebuilding, and the next reconcile (or the one the
+    rebuild asks for when it is done, `reconcile_org`) applies what PostgreSQL saved meanwhile.
     """
 
     def __init__(self, scripts: Scripts, epoch: str, cache: ConfigCache | None = None) -> None:
@@ -41,7 +43,8 @@ class ConfigSync:
         # told which orgs have budgets (every reconcile, every push): their config must carry
         # the epoch, so the cache can tell a lost org from one that never had budgets
         self.cache = cache
-        self.on_lost: Callable[[str], bool] = lambda org: False
+        # the error for an org found lost (the server's starts its rebuild)
+        self.on_lost: Callable[[str], DataLost] = DataLost
 
     async def push(self, config: BudgetConfig, *, first_of_org: bool = False) -> None:
         """Make Redis hold `config` (a newer version than any it holds).
@@ -63,6 +66,8 @@ class ConfigSync:
         )
         if reply[0] == "LOST":
             raise self._lost(config.org)
+        if reply[0] == "FENCED":
+            raise OrgRebuilding(config.org, f"budget {config.id!r} version {config.version}")
 
     def _lost(self, org: str) -> DataLost:
         return self.cache.lost(org) if self.cache is not None else DataLost(org)
@@ -83,7 +88,7 @@ class ConfigSync:
 
     async def remove(self, config: BudgetConfig) -> None:
         """Drop a deleted budget from Redis."""
-        await self.scripts.run(
+        reply = await self.scripts.run(
             "delete_budget",
             [
                 keys.config(config.org),
@@ -92,6 +97,8 @@ class ConfigSync:
             ],
             [config.uid],
         )
+        if reply[0] == "FENCED":
+            raise OrgRebuilding(config.org, f"the deletion of budget {config.id!r}")
 
     async def reconcile(self, repo: BudgetRepository, *, adopt: bool = False) -> int:
         """Make every org's configuration in Redis equal PostgreSQL's; returns orgs changed.
@@ -116,33 +123,55 @@ class ConfigSync:
         lost = []
         for org in sorted(known | set(versions)):
             in_pg = versions.get(org, {})
-            if in_pg and not await self._intact(org, adopt):
+            org_changed = await self._reconcile_org(repo, org, in_pg, before.get(org, []), adopt)
+            if org_changed is None:
                 lost.append(org)
-                self.on_lost(org)
-                continue
-            keep = {str(uid) for uid in in_pg}
-            drop = [uid for uid in before.get(org, []) if uid not in keep]
-            outdated = await self._outdated(org, in_pg)
-            budgets = await repo.get_many(org, outdated) if outdated else []
-            org_changed = False
-            try:
-                for start in range(0, len(budgets), PUSH_CHUNK):
-                    reply = await self._sync(org, budgets[start : start + PUSH_CHUNK], [], adopt)
-                    org_changed = org_changed or bool(reply[1])
-                for start in range(0, len(drop), PUSH_CHUNK):
-                    reply = await self._sync(org, [], drop[start : start + PUSH_CHUNK])
-                    org_changed = org_changed or bool(reply[1])
-            except DataLost:  # lost while being synced: the rebuild has it
-                lost.append(org)
-                continue
-            if in_pg:
-                await redis_call(self.client.sadd(keys.ORGS, org))
-            changed += org_changed
+            changed += bool(org_changed)
         if changed:
             log.info("config.reconciled", orgs=len(known | set(versions)), orgs_changed=changed)
         if lost:
             log.error("config.data_lost", orgs=lost[:20], count=len(lost))
         return changed
+
+    async def reconcile_org(self, repo: BudgetRepository, org: str) -> bool:
+        """Make one org's configuration in Redis equal PostgreSQL's (after its rebuild, for the
+        changes refused while it was fenced); answers whether anything changed."""
+        uids = await redis_call(self.client.hkeys(keys.config(org)))
+        in_pg = await repo.versions_in_org(org)
+        if self.cache is not None and in_pg:
+            self.cache.add_budgeted(org)
+        before = [u for u in uids if not u.startswith("_")]
+        return bool(await self._reconcile_org(repo, org, in_pg, before, adopt=False))
+
+    async def _reconcile_org(
+        self, repo: BudgetRepository, org: str, in_pg: dict[int, int], before: list[str],
+        adopt: bool,
+    ) -> bool | None:  # fmt: skip
+        """Sync one org (`before`: its uids in Redis, read before PostgreSQL's `in_pg`);
+        answers whether it changed, False for an org being rebuilt (the next run syncs it),
+        None for one that lost its data (handed to `on_lost`)."""
+        if in_pg and not await self._intact(org, adopt):
+            self.on_lost(org)
+            return None
+        keep = {str(uid) for uid in in_pg}
+        drop = [uid for uid in before if uid not in keep]
+        outdated = await self._outdated(org, in_pg)
+        budgets = await repo.get_many(org, outdated) if outdated else []
+        org_changed = False
+        try:
+            for start in range(0, len(budgets), PUSH_CHUNK):
+                reply = await self._sync(org, budgets[start : start + PUSH_CHUNK], [], adopt)
+                org_changed = org_changed or bool(reply[1])
+            for start in range(0, len(drop), PUSH_CHUNK):
+                reply = await self._sync(org, [], drop[start : start + PUSH_CHUNK])
+                org_changed = org_changed or bool(reply[1])
+        except DataLost:  # lost while being synced: the rebuild has it
+            return None
+        except OrgRebuilding:  # fenced: its rebuild reads PostgreSQL, then syncs it again
+            return org_changed
+        if in_pg:
+            await redis_call(self.client.sadd(keys.ORGS, org))
+        return org_changed
 
     async def _intact(self, org: str, adopt: bool) -> bool:
         """Whether the org's config carries the epoch (writing it when adopting)."""
@@ -191,4 +220,6 @@ class ConfigSync:
         )
         if reply[0] == "LOST":
             raise self._lost(org)
+        if reply[0] == "FENCED":
+            raise OrgRebuilding(org, "the org's budget configuration")
         return reply

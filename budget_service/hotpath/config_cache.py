@@ -148,9 +148,9 @@ class ConfigCache:
         self.epoch = epoch
         # orgs PostgreSQL has budgets for: their config hash must carry the epoch
         self._budgeted: set[str] = set()
-        # Told when an org turns out to have lost its data in Redis; answers whether a rebuild
-        # is under way (the server wires the automatic rebuild here).
-        self.on_lost: Callable[[str], bool] = lambda org: False
+        # Told when an org turns out to have lost its data in Redis; answers the error for the
+        # call (the server wires the automatic rebuild here: "rebuilding", or a foreign data set).
+        self.on_lost: Callable[[str], DataLost] = DataLost
         self._orgs: dict[str, OrgBudgets] = {}
         # One whole-org read at a time per org: a burst of calls to an org not yet cached (or
         # whose log no longer reaches back) shares it instead of each parsing every budget.
@@ -159,7 +159,7 @@ class ConfigCache:
     def lost(self, org: str) -> DataLost:
         """The error for a call that found the org's data gone; starts the rebuild if allowed."""
         self._orgs.pop(org, None)
-        return DataLost(org, rebuilding=self.on_lost(org))
+        return self.on_lost(org)
 
     def set_budgeted(self, orgs: Iterable[str]) -> None:
         """Replace the set of orgs that have budgets in PostgreSQL."""

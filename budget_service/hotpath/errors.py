@@ -3,7 +3,9 @@
 ServiceError (servicekit.errors)
 ├── BudgetExceeded(refusals)          RESOURCE_EXHAUSTED + QuotaFailure + ErrorInfo
 └── Unavailable (servicekit.errors)
-    └── DataLost(org)                 UNAVAILABLE        + ErrorInfo reason REDIS_DATA_LOST
+    ├── DataLost(org)                 UNAVAILABLE        + ErrorInfo reason REDIS_DATA_LOST
+    │   └── ForeignDataSet(org)       UNAVAILABLE        + ErrorInfo reason REDIS_FOREIGN_DATA_SET
+    └── OrgRebuilding(org)            UNAVAILABLE        + ErrorInfo reason ORG_REBUILDING
 """
 
 from __future__ import annotations
@@ -92,6 +94,56 @@ class DataLost(Unavailable):
             reason="REDIS_DATA_LOST",
             domain=DOMAIN,
             metadata={"org": self.org, "rebuilding": "true" if self.rebuilding else "false"},
+        )
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        return [detail]
+
+
+class ForeignDataSet(DataLost):
+    """Redis holds another budget database's data set (its `ba:epoch` sentinel names another
+    epoch): nothing is rebuilt over it and nothing is changed; calls fail closed until
+    REDIS_URL and DATABASE_URL point at the same deployment again."""
+
+    def __init__(self, org: str) -> None:
+        whose = "its" if org == "*" else f"org {org!r}'s"  # "*": the whole data set
+        Unavailable.__init__(
+            self,
+            f"Redis holds another budget database's data set (its epoch is not this"
+            f" DATABASE_URL's), so {whose} budget state"
+            " there is not this service's; nothing is rebuilt over it and calls fail closed:"
+            " point REDIS_URL and DATABASE_URL"
+            " at the same deployment, or empty that Redis database if it is meant to be rebuilt"
+            " from this ledger",
+        )
+        self.org = org
+        self.rebuilding = False
+
+    def details(self) -> list[any_pb2.Any]:
+        info = error_details_pb2.ErrorInfo(
+            reason="REDIS_FOREIGN_DATA_SET", domain=DOMAIN, metadata={"org": self.org}
+        )
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        return [detail]
+
+
+class OrgRebuilding(Unavailable):
+    """A configuration change met an org that is being rebuilt from the ledger (fenced): Redis
+    was not changed. What PostgreSQL saved is applied by the config sync once the rebuild is
+    done (a retry applies it at once)."""
+
+    def __init__(self, org: str, what: str) -> None:
+        super().__init__(
+            f"org {org!r} is being rebuilt from the PostgreSQL ledger, so Redis refused {what}"
+            " for now: it is saved in PostgreSQL and applied when the rebuild is done (by the"
+            " periodic config sync); retry shortly to apply it at once"
+        )
+        self.org = org
+
+    def details(self) -> list[any_pb2.Any]:
+        info = error_details_pb2.ErrorInfo(
+            reason="ORG_REBUILDING", domain=DOMAIN, metadata={"org": self.org}
         )
         detail = any_pb2.Any()
         detail.Pack(info)

@@ -3,9 +3,12 @@
 A rebuild of one org (`rebuild_org`):
 
 1. fences the org: marks its config hash (`_x`), so every money script of the org answers
-   LOST (UNAVAILABLE to callers, who retry) and nothing changes it while the ledger's account
-   of it is restored;
-2. waits until the ledger writers have written every event its outbox stream still holds;
+   LOST (UNAVAILABLE to callers, who retry), and every config script FENCED (OrgRebuilding:
+   the change is saved in PostgreSQL and synced once the fence is lifted), so nothing changes
+   it while the ledger's account of it is restored;
+2. waits until the ledger writers have written every event its outbox stream still holds, and
+   reads the org's budgets from PostgreSQL (after fencing: a change saved until then is in
+   them; one saved later was refused by Redis, and is synced right after the rebuild);
 3. reads from the ledger: each budget's spent in its current period and its holds (each
    reservation counted once, in its final state), every open hold (with the latest expiry an
    Extend gave it), and how reservations ended: those that ended within the retention window
@@ -18,8 +21,16 @@ A rebuild of one org (`rebuild_org`):
 `Rebuilder` runs rebuilds in the service: when a call finds an org's data lost (DataLost), and,
 for the whole data set, when `EpochWatch` finds the `ba:epoch` sentinel gone. A PostgreSQL
 advisory lock per org makes one replica do the work while the others wait and then find the
-org intact. `prepare_data_set` runs at start: adopts a Redis that predates the epoch, refuses
-another database's Redis, and rebuilds a Redis that came back empty before serving.
+org intact. Each rebuild takes one pooled connection for its lock and its queries alike, and
+at most half the pool's connections rebuild at once (the ledger writer, whose progress a
+rebuild waits for, and the calls keep the rest), so any number of orgs lost together are
+rebuilt a few at a time instead of every connection waiting for another. Nothing is rebuilt
+while the sentinel holds another database's epoch (REDIS_URL reaching another deployment's
+data, or the wrong backup restored): that data set is left as it is and calls fail closed
+(ForeignDataSet) until an operator points the service at its own.
+
+`prepare_data_set` runs at start: adopts a Redis that predates the epoch, refuses another
+database's Redis, and rebuilds a Redis that came back empty before serving.
 
 What a rebuild cannot restore is what never reached PostgreSQL: events still in a lost outbox
 stream (with AOF `everysec`, up to about a second of calls; none with `appendfsync always`).
@@ -28,8 +39,10 @@ stream (with AOF `everysec`, up to about a second of calls; none with `appendfsy
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -40,6 +53,7 @@ from budget_service.config import epoch as epochs
 from budget_service.config.budget_repo import BudgetRepository
 from budget_service.config.sync import ConfigSync, budget_args
 from budget_service.hotpath import keys
+from budget_service.hotpath.errors import DataLost, ForeignDataSet
 from budget_service.hotpath.periods import bounds_ms
 from budget_service.hotpath.store import Scripts, redis_call
 from budget_service.ledger.progress import last_event_id, wait_written
@@ -49,6 +63,7 @@ from servicekit.errors import ConfigError, ServiceError
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+Work = Callable[[asyncpg.Connection], Awaitable[T]]  # what runs holding a lock, on its connection
 
 CHUNK = 500  # budgets and reservation records per restore call
 FENCE = "_x"  # in an org's config hash while it is rebuilt (lib.lua lost_epoch)
@@ -301,11 +316,15 @@ async def rebuild_org(
     wait_seconds: float = 30.0,
     chunk: int = CHUNK,
 ) -> Rebuilt:
-    """Set `org`'s config, counters and reservations in Redis to what PostgreSQL says."""
+    """Set `org`'s config, counters and reservations in Redis to what PostgreSQL says.
+
+    `pool` may be one connection (the Rebuilder's, which holds the org's lock on it)."""
     client = scripts.client
-    budgets = await BudgetRepository(pool).in_org(org)
-    await redis_call(client.hset(keys.config(org), FENCE, "1"))  # see the module docstring
+    # Fenced before PostgreSQL is read: a config change that lands later is refused by the
+    # scripts (FENCED) instead of being overwritten by the budgets read here; see the docstring.
+    await redis_call(client.hset(keys.config(org), FENCE, "1"))
     await wait_written(client, org, await last_event_id(client, org), wait_seconds)
+    budgets = await BudgetRepository(pool).in_org(org)
     now = clock.now_ms()
     pstarts = [bounds_ms(b.period, b.timezone, now)[0] for b in budgets]
     uids = [b.uid for b in budgets]
@@ -324,7 +343,7 @@ async def rebuild_org(
     for h in holds:
         await restore.add("hold", keys.reservation(org, h["reservation_id"]), _hold_args(h))
     # Ended reservations can be many (every call within the retention window): read in slices.
-    async with pool.acquire() as conn, conn.transaction():
+    async with _connection(pool) as conn, conn.transaction():
         ended = conn.cursor(
             ENDED, org, [rid for rid, _ in held], [c for _, c in held], now - retention_ms,
             prefetch=restore.chunk,
@@ -337,6 +356,17 @@ async def rebuild_org(
     log.info("ledger.rebuilt", org=org, budgets=result.budgets, holds=result.holds,
              ended=result.ended)  # fmt: skip
     return result
+
+
+@contextlib.asynccontextmanager
+async def _connection(source: Any) -> AsyncIterator[Any]:
+    """`source` itself when it is one connection (a rebuild holding its lock on it: taking a
+    second one from the pool could wait on rebuilds that hold the rest), else one of the pool's."""
+    if hasattr(source, "acquire"):
+        async with source.acquire() as conn:
+            yield conn
+    else:
+        yield source
 
 
 async def _held_in_redis(scripts: Scripts, org: str, open_ids: set[str]) -> list[tuple[str, int]]:
@@ -354,7 +384,7 @@ async def _held_in_redis(scripts: Scripts, org: str, open_ids: set[str]) -> list
     return [(rid, int(c)) for rid, c in zip(candidates, created, strict=True) if c]
 
 
-async def active_orgs(pool: asyncpg.Pool, window_ms: int) -> list[str]:
+async def active_orgs(pool: asyncpg.Pool | asyncpg.Connection, window_ms: int) -> list[str]:
     """The orgs a rebuild of the whole data set covers."""
     return [r["org"] for r in await pool.fetch(ACTIVE_ORGS, window_ms)]
 
@@ -373,6 +403,7 @@ class Rebuilder:
         window_ms: int,
         enabled: bool,
         retry_seconds: float = 1.0,
+        concurrency: int | None = None,
     ) -> None:
         self.scripts = scripts
         self.pool = pool
@@ -383,6 +414,15 @@ class Rebuilder:
         self.enabled = enabled
         self.retry_seconds = retry_seconds
         self.rebuilt = 0  # orgs this process rebuilt (metrics, tests)
+        # Rebuilds at a time, each on one connection: the rest of the pool stays free for the
+        # ledger writer (a rebuild waits for it) and for calls, however many orgs are lost.
+        self.concurrency = concurrency or max(1, pool.get_max_size() // 2)
+        self._slots = asyncio.Semaphore(self.concurrency)
+        # Another database's epoch in the sentinel, as last seen (None: missing or this one's)
+        self.foreign: str | None = None
+        self._foreign_logged: str | None = None
+        # Told the org after it was rebuilt (the server syncs the config changes refused meanwhile)
+        self.after_rebuild: Callable[[str], Awaitable[object]] | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def request(self, org: str) -> bool:
@@ -393,6 +433,36 @@ class Rebuilder:
         if task is None or task.done():
             self._tasks[org] = asyncio.create_task(self._run(org), name=f"rebuild:{org}")
         return True
+
+    def lost(self, org: str) -> DataLost:
+        """The error for a call that found `org`'s data lost; starts its rebuild if allowed."""
+        if self.foreign is not None:
+            return ForeignDataSet(org)
+        return DataLost(org, rebuilding=self.request(org))
+
+    def saw_sentinel(self, found: str | None) -> None:
+        """Note what the `ba:epoch` sentinel holds; another database's epoch is logged once."""
+        if found is None or found == self.epoch:
+            self.foreign = None
+            return
+        self.foreign = found
+        if self._foreign_logged != found:
+            self._foreign_logged = found
+            log.error(
+                "rebuild.foreign_data_set",
+                found=found,
+                expected=self.epoch,
+                fix="point REDIS_URL and DATABASE_URL at the same deployment, or empty that"
+                " Redis database if it is meant to be rebuilt from this ledger; nothing is"
+                " rebuilt over it and calls fail closed meanwhile",
+            )
+
+    async def _check_sentinel(self, org: str) -> None:
+        """ForeignDataSet when Redis holds another database's data set: never rebuilt over."""
+        found = await redis_call(self.scripts.client.get(keys.EPOCH))
+        self.saw_sentinel(found)
+        if self.foreign is not None:
+            raise ForeignDataSet(org)
 
     async def stop(self, wait_seconds: float = 5.0) -> None:
         """Cancel the rebuilds under way; an org left fenced is rebuilt by the next start."""
@@ -414,6 +484,8 @@ class Rebuilder:
                 else:
                     await self.rebuild(org)
                 return
+            except ForeignDataSet:  # logged once (saw_sentinel); an operator's fix is needed
+                return
             except ServiceError as exc:  # PostgreSQL or Redis away: try again later
                 log.warning("rebuild.failed", org=org, error=exc.message, retry_in_seconds=delay)
             except Exception:
@@ -423,58 +495,88 @@ class Rebuilder:
 
     async def rebuild(self, org: str, *, force: bool = False) -> Rebuilt | None:
         """Rebuild one org under its lock, unless it is intact (another replica just rebuilt
-        it: None then); `force` rebuilds an intact org too (a Redis that missed writes)."""
-        return await self._locked(org, lambda: self._rebuild_if_lost(org, force))
+        it: None then); `force` rebuilds an intact org too (a Redis that missed writes).
+        ForeignDataSet, and nothing written, while Redis holds another database's data set."""
+        work = functools.partial(self._rebuild_if_lost, org=org, force=force)
+        result = await self._locked(org, work)
+        if result is not None:
+            await self._after(org)
+        return result
 
-    async def _rebuild_if_lost(self, org: str, force: bool) -> Rebuilt | None:
+    async def _after(self, org: str) -> None:
+        if self.after_rebuild is None:
+            return
+        try:
+            await self.after_rebuild(org)
+        except ServiceError as exc:  # the periodic config sync mends it
+            log.warning("rebuild.sync_after_failed", org=org, error=exc.message)
+
+    async def _rebuild_if_lost(
+        self, conn: asyncpg.Connection, *, org: str, force: bool
+    ) -> Rebuilt | None:
+        await self._check_sentinel(org)
         found, fenced = await redis_call(self.scripts.client.hmget(keys.config(org), "_e", FENCE))
         # a fence left by a rebuild that did not finish (its process died) is a loss too
         if found == self.epoch and fenced is None and not force:
             return None
         result = await rebuild_org(
-            self.scripts, self.pool, org, self.clock, epoch=self.epoch,
+            self.scripts, conn, org, self.clock, epoch=self.epoch,
             retention_ms=self.retention_ms,
         )  # fmt: skip
         self.rebuilt += 1
         return result
 
     async def rebuild_all(self) -> list[Rebuilt]:
-        """Rebuild every org that lost its data, then put the sentinel back."""
+        """Rebuild every org that lost its data, then put the sentinel back. Runs on one
+        connection: the lock of the whole data set, then each org's lock and its queries."""
 
-        async def run() -> list[Rebuilt]:
-            if await redis_call(self.scripts.client.get(keys.EPOCH)) == self.epoch:
+        async def run(conn: asyncpg.Connection) -> list[Rebuilt]:
+            found = await redis_call(self.scripts.client.get(keys.EPOCH))
+            if found == self.epoch:
                 return []
+            await self._check_sentinel(ALL)
             log.error("rebuild.data_set_lost", action="rebuilding every org from the ledger")
             done = []
-            for org in await active_orgs(self.pool, self.window_ms):
-                result = await self.rebuild(org)
+            for org in await active_orgs(conn, self.window_ms):
+                result = await self._lock_on(
+                    conn, org, functools.partial(self._rebuild_if_lost, org=org, force=False)
+                )
                 if result is not None:
                     done.append(result)
-            await redis_call(self.scripts.client.set(keys.EPOCH, self.epoch))
+                    await self._after(org)
+            # only where it is still missing: never stamped over another data set's
+            await redis_call(self.scripts.client.set(keys.EPOCH, self.epoch, nx=True))
             log.info("rebuild.data_set_restored", orgs=len(done))
             return done
 
         return await self._locked(ALL, run)
 
-    async def _locked(self, name: str, work: Callable[[], Awaitable[T]]) -> T:
-        """Run `work` holding the PostgreSQL advisory lock of `name` (one replica at a time).
+    async def _locked(self, name: str, work: Work[T]) -> T:
+        """Run `work` on one pooled connection holding the PostgreSQL advisory lock of `name`
+        (one replica at a time), at most `concurrency` at a time in this process. The slot and
+        the connection are taken before the lock, so no lock holder ever waits for either."""
+        async with self._slots, self.pool.acquire() as conn:
+            return await self._lock_on(conn, name, work)
+
+    async def _lock_on(self, conn: asyncpg.Connection, name: str, work: Work[T]) -> T:
+        """Run `work(conn)` holding the advisory lock of `name` on `conn`.
 
         The lock is tried, not waited for in PostgreSQL, so a stop cancels the wait at once
         instead of a query that only ends when another replica lets go.
         """
         key = f"ba-rebuild:{name}"
-        async with self.pool.acquire() as conn:
-            # another process holds it: nothing here could signal its release, so poll
-            while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):  # noqa: ASYNC110
-                await asyncio.sleep(LOCK_RETRY_SECONDS)
-            try:
-                return await work()
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+        # another process holds it: nothing here could signal its release, so poll
+        while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):  # noqa: ASYNC110
+            await asyncio.sleep(LOCK_RETRY_SECONDS)
+        try:
+            return await work(conn)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
 
 
 class EpochWatch:
-    """Notices a Redis that lost its whole data set (the sentinel gone) and fails closed."""
+    """Notices a Redis that lost its whole data set (the sentinel gone) and fails closed; one
+    that holds another database's (a foreign sentinel) fails closed too, and is never rebuilt."""
 
     def __init__(self, scripts: Scripts, epoch: str, rebuilder: Rebuilder) -> None:
         self.client = scripts.client
@@ -486,6 +588,7 @@ class EpochWatch:
     async def check_once(self) -> None:
         """One look at the sentinel (run every second)."""
         found = await redis_call(self.client.get(keys.EPOCH))
+        self.rebuilder.saw_sentinel(found)
         lost = found != self.epoch
         if lost != self.lost:
             self.lost = lost

@@ -16,6 +16,7 @@ local idle_ms = tonumber(ARGV[2])
 local writers_group = ARGV[3]  -- the ledger writers' consumer group
 
 for _, field in ipairs(redis.call('HKEYS', cfg_key)) do
+  if field == '_x' then return reply({'BUSY', 'rebuilding'}) end  -- a rebuild under way
   if string.sub(field, 1, 1) ~= '_' then return reply({'BUSY', 'budgets'}) end
 end
 if redis.call('ZCARD', exp_key) > 0 then return reply({'BUSY', 'holds'}) end

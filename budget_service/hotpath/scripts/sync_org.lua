@@ -3,7 +3,8 @@
 -- the snapshot (an upsert that landed after PostgreSQL was read) is left as it is. Budgets are
 -- only written into a config that carries the data-set epoch (lib.lua lost_epoch): one without
 -- it lost its data, and the org is rebuilt from the ledger instead (LOST); `init` writes the
--- epoch (an org's first budgets, or adopting a Redis that predates the epoch).
+-- epoch (an org's first budgets, or adopting a Redis that predates the epoch). Nothing is written
+-- while the org is rebuilt from the ledger (fenced, `_x`): FENCED, and the next sync applies it.
 local cfg_key = KEYS[1]
 local log_key = KEYS[2]
 -- KEYS[3 .. 2 + n]: state hashes of the budgets PostgreSQL has, in ARGV order
@@ -18,6 +19,7 @@ local n = tonumber(ARGV[3])
 local drop_uids_start = 4 + 7 * n
 local changed = {}
 
+if redis.call('HEXISTS', cfg_key, '_x') == 1 then return reply({'FENCED'}) end
 if n > 0 then
   local found = redis.call('HGET', cfg_key, '_e')
   if found ~= epoch then

@@ -2,7 +2,9 @@
 -- An older version than the one Redis holds (a slower concurrent upsert) changes nothing.
 -- The org's config must carry the data-set epoch (lib.lua lost_epoch): a config hash without
 -- it lost its data, and writing the budget now would restart its spend from zero; only the
--- org's very first budget may write the epoch (`init`).
+-- org's very first budget may write the epoch (`init`). While the org is rebuilt from the
+-- ledger (fenced, `_x`) nothing is written (FENCED): the rebuild reads PostgreSQL after fencing,
+-- and the config sync applies what it missed once the fence is lifted.
 local cfg_key = KEYS[1]
 local budget_key = KEYS[2]
 local log_key = KEYS[3]
@@ -17,7 +19,9 @@ local version = tonumber(ARGV[7])
 local epoch = ARGV[8]
 local init = ARGV[9] == '1'
 
-local found = redis.call('HGET', cfg_key, '_e')
+local head = redis.call('HMGET', cfg_key, '_e', '_x')
+if head[2] then return reply({'FENCED'}) end
+local found = head[1]
 if found ~= epoch and (found or not init) then return reply({'LOST'}) end
 local current = redis.call('HGET', budget_key, 'ver')
 if current and tonumber(current) >= version then return reply({'OLD'}) end
