@@ -205,6 +205,7 @@ class Engine:
                     keys.reservation(org, reservation_id),
                     keys.expiries(org),
                     keys.ledger(org),
+                    keys.config_changes(org),
                     *(keys.budget(org, b.uid) for b in covering),
                 ],
                 args,

@@ -61,7 +61,7 @@ if state == 'released' then return reply({'RELEASED'}) end
 if r[3] ~= uids then return reply({'KEYS', r[3], reserved_pv}) end
 -- A usage commit is priced with the reservation's price version: a stale guess changes nothing.
 if price_version ~= '' and price_version ~= reserved_pv then return reply({'PV', reserved_pv}) end
-local check = config_check(cfg_key, cfg_version, epoch)
+local check = config_check(cfg_key, cfg_version, epoch, nil, uids)
 if check then return reply({check}) end
 
 local hold = r[2]

@@ -142,9 +142,19 @@ end
 
 -- 'LOST' (see lost_epoch), 'STALE' when the config changed since the service read it (its
 -- period starts and budget list may be out of date), or nil.
-local function config_check(cfg_key, cfg_version, epoch)
+-- A service that knows no budget of the org expects no epoch, yet the org may have gained its
+-- first budget through another replica since, and then lost its config hash: version '0' and no
+-- epoch would look exactly like the budgetless org it cached. So a config without an epoch is
+-- LOST too when the call itself shows the org has budgets: `held_uids` (a reservation holding
+-- budgets) is not empty, or `log_key` (the config change log, which only budget writes create,
+-- and which goes with the hash when an idle org is pruned) exists.
+local function config_check(cfg_key, cfg_version, epoch, log_key, held_uids)
   local v = redis.call('HMGET', cfg_key, '_v', '_e', '_x')
   if v[3] or (epoch ~= '' and v[2] ~= epoch) then return 'LOST' end
+  if not v[2] and ((held_uids and held_uids ~= '')
+      or (log_key and redis.call('EXISTS', log_key) == 1)) then
+    return 'LOST'
+  end
   if (v[1] or '0') ~= cfg_version then return 'STALE' end
   return nil
 end

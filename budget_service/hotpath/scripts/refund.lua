@@ -35,7 +35,7 @@ if r[6] then
 end
 if state ~= 'committed' then return reply({'NOTCOMMITTED', state}) end
 if r[2] ~= uids then return reply({'KEYS', r[2]}) end
-local check = config_check(cfg_key, cfg_version, epoch)
+local check = config_check(cfg_key, cfg_version, epoch, nil, uids)
 if check then return reply({check}) end
 if tonumber(r[10] or '0') >= max_refunds then return reply({'TOOMANY', max_refunds}) end
 
