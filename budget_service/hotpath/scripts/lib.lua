@@ -68,6 +68,23 @@ local function big_gt(a, b)
   return a[2] > b[2]
 end
 
+-- The int64 range of a Redis counter, as pairs. HINCRBY past it fails with an error, and an
+-- error does not undo the writes the script already made: every script checks each increment
+-- it is about to make with `fits_int64` while deciding, before its first write.
+local INT64_MAX = big('9223372036854775807')
+local INT64_MIN = big('-9223372036854775808')
+
+-- Whether `value` + `delta` (decimal strings) is an int64.
+local function fits_int64(value, delta)
+  local sum = big_add(big(value), big(delta))
+  return not big_gt(sum, INT64_MAX) and not big_gt(INT64_MIN, sum)
+end
+
+-- The reply of a call that would carry `counter` of budget `b` outside int64 (nothing changed).
+local function overflow_reply(b, counter)
+  return cjson.encode({'OVERFLOW', b.id, counter})
+end
+
 -- The fields of a budget state hash every script reads, in this order.
 local BUDGET_FIELDS = {'id', 'limit', 'od', 'mode', 'spent', 'reserved', 'pstart'}
 
@@ -195,6 +212,18 @@ end
 
 local function reply(t)
   return cjson.encode(t)
+end
+
+-- The overflow reply (see fits_int64) when giving `hold` back on one of a reservation's budgets
+-- (KEYS[first .. first + n - 1]) would carry its `reserved` below the int64 range, else nil.
+local function unhold_overflow(first, n, hold)
+  for i = 1, n do
+    local v = redis.call('HMGET', KEYS[first + i - 1], 'id', 'reserved')
+    if v[1] and not fits_int64(v[2] or '0', '-' .. hold) then
+      return overflow_reply({id = v[1]}, 'reserved')
+    end
+  end
+  return nil
 end
 
 -- Give a hold back on each of a reservation's budgets that still exists (their state hashes

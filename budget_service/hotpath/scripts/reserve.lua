@@ -41,6 +41,7 @@ for i = 1, n do
   local uid = ARGV[12 + 2 * i]
   local b = read_budget(KEYS[5 + i], ARGV[13 + 2 * i])
   if not b then return reply({'STALE'}) end
+  if not fits_int64(b.reserved, amount) then return overflow_reply(b, 'reserved') end
   local used = big_add(big(b.spent), big(b.reserved))
   local need = big_add(used, want)
   local over = big_gt(need, big(b.limit))
