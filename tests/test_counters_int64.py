@@ -15,7 +15,8 @@ import grpc
 import pytest
 
 from budget_service.hotpath import keys
-from tests.helpers import reserve, status, upsert
+from genproto.budget.v1 import budget_pb2 as pb
+from tests.helpers import error_info, reserve, rid, status, upsert
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -89,3 +90,104 @@ async def test_reserve_decides_exactly_on_a_negative_hold_counter(
         await reserve(budgets, org, 1)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert (await status(admin, org, "cap")).reserved_nanos == int(reserved) + room
+
+
+# A counter pushed to the edge of int64 (fault injection: no API call gets one there), on the
+# second of two budgets covering the request, so that a script writing budget by budget would
+# already have changed the first when Redis refuses the second's HINCRBY.
+NEAR_MAX, NEAR_MIN = str(INT64_MAX - 10), str(INT64_MIN + 10)
+COUNTERS = ("spent", "reserved", "ovr")
+
+
+async def _two_budgets(app, admin, org) -> dict[str, str]:
+    """A hard cap and a soft budget over the whole org (in that order): their state hash keys."""
+    await upsert(admin, org, "a-cap", 1_000_000_000, mode=pb.MODE_HARD)
+    await upsert(admin, org, "b-soft", 1_000_000_000, mode=pb.MODE_SOFT)
+    found = (await app.engine.cache.refresh(org)).budgets
+    return {b.id: keys.budget(org, b.uid) for b in found}
+
+
+async def _counters(app, budget_keys: dict[str, str]) -> dict[str, list[str | None]]:
+    return {b: await app.redis.hmget(key, *COUNTERS) for b, key in budget_keys.items()}
+
+
+async def _refused_as_overflow(call, counter: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await call
+    assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION, failed.value
+    info = error_info(failed.value)
+    assert (info.reason, info.metadata["budget_id"], info.metadata["counter"]) == (
+        "COUNTER_OVERFLOW",
+        "b-soft",
+        counter,
+    )
+
+
+async def test_reserve_past_int64_on_one_budget_changes_no_budget(app, budgets, admin, org):
+    budget_keys = await _two_budgets(app, admin, org)
+    await app.redis.hset(budget_keys["b-soft"], "reserved", NEAR_MAX)
+    before = await _counters(app, budget_keys)
+    reservation_id = rid()
+
+    await _refused_as_overflow(reserve(budgets, org, 100, reservation_id), "reserved")
+    assert await _counters(app, budget_keys) == before
+    assert await app.redis.exists(keys.reservation(org, reservation_id)) == 0
+    # nothing held: the hard cap still has all its room
+    await app.redis.hset(budget_keys["b-soft"], "reserved", "0")
+    held = await reserve(budgets, org, 1_000_000_000)
+    assert [b.reserved_nanos for b in held.budgets] == [1_000_000_000, 1_000_000_000]
+
+
+@pytest.mark.parametrize(
+    ("counter", "value", "spent_before"),
+    [
+        ("spent", NEAR_MAX, None),  # the charge would carry spent past the top
+        ("reserved", NEAR_MIN, None),  # giving the hold back would carry reserved past the bottom
+        ("ovr", NEAR_MAX, "1000000000"),  # over the limit: the overage record would overflow
+    ],
+)
+async def test_commit_past_int64_on_one_budget_changes_no_budget(
+    app, budgets, admin, org, counter, value, spent_before
+):
+    budget_keys = await _two_budgets(app, admin, org)
+    held = await reserve(budgets, org, 100)
+    fields = {counter: value}
+    if spent_before is not None:
+        fields["spent"] = spent_before
+    await app.redis.hset(budget_keys["b-soft"], mapping=fields)
+    before = await _counters(app, budget_keys)
+    request = pb.CommitRequest(org=org, reservation_id=held.reservation_id, actual_nanos=100)
+
+    await _refused_as_overflow(budgets.Commit(request), counter)
+    assert await _counters(app, budget_keys) == before
+    state = await app.redis.hget(keys.reservation(org, held.reservation_id), "state")
+    assert state == "held"  # still held: it can be released (or committed once mended)
+    release = pb.ReleaseRequest(org=org, reservation_id=held.reservation_id)
+    if counter == "reserved":  # giving the hold back would overflow the same way
+        await _refused_as_overflow(budgets.Release(release), counter)
+        assert await _counters(app, budget_keys) == before
+        await app.redis.hset(budget_keys["b-soft"], "reserved", "100")
+    assert (await budgets.Release(release)).released_nanos == 100
+
+
+async def test_refund_past_int64_on_one_budget_changes_no_budget(app, budgets, admin, org):
+    budget_keys = await _two_budgets(app, admin, org)
+    held = await reserve(budgets, org, 100)
+    await budgets.Commit(
+        pb.CommitRequest(org=org, reservation_id=held.reservation_id, actual_nanos=100)
+    )
+    await app.redis.hset(budget_keys["b-soft"], "spent", NEAR_MIN)
+    before = await _counters(app, budget_keys)
+    request = pb.RefundRequest(
+        org=org, reservation_id=held.reservation_id, refund_id="rf-1", amount_nanos=50
+    )
+
+    await _refused_as_overflow(budgets.Refund(request), "spent")
+    assert await _counters(app, budget_keys) == before
+    # the refund id was not used up: once the counter is mended, the same refund goes through
+    await app.redis.hset(budget_keys["b-soft"], "spent", "100")
+    assert (await budgets.Refund(request)).refunded_nanos == 50
+    assert await _counters(app, budget_keys) == {
+        "a-cap": ["50", "0", None],
+        "b-soft": ["50", "0", None],
+    }

@@ -22,6 +22,13 @@ The cache also knows each org's data-set epoch (`_e` in the config hash, see
 budget_service/config/epoch.py) and which orgs have budgets in PostgreSQL: an org that should
 have budgets but whose config hash has no epoch (or another one) has lost its data in Redis,
 and reading it raises DataLost instead of caching an empty org that would admit everything.
+An entry expects the epoch (the scripts then answer LOST when the hash is gone) from the moment
+the cache learns the org has, or may have, budgets: its hash carried the epoch when read, the
+config moved on from the version cached (only budget writes move it, with the epoch in place),
+PostgreSQL or this process's own writes say so, or a call found the org lost. An entry cached
+while the org had no budget, which never learnt of the first one, is covered by the scripts:
+they treat a hash without epoch as lost when the org's change log exists (lib.lua
+config_check).
 """
 
 from __future__ import annotations
@@ -157,16 +164,31 @@ class ConfigCache:
         self._loading: dict[str, asyncio.Task[OrgBudgets]] = {}
 
     def lost(self, org: str) -> DataLost:
-        """The error for a call that found the org's data gone; starts the rebuild if allowed."""
+        """The error for a call that found the org's data gone; starts the rebuild if allowed.
+
+        The org stays expected to carry the epoch (until PostgreSQL says it has no budgets):
+        the next read of its now empty hash must not cache it as an org without budgets.
+        """
         self._orgs.pop(org, None)
+        self._budgeted.add(org)
         return self.on_lost(org)
 
     def set_budgeted(self, orgs: Iterable[str]) -> None:
         """Replace the set of orgs that have budgets in PostgreSQL."""
         self._budgeted = set(orgs)
+        for org in self._budgeted:
+            self._expect_epoch(org)
 
     def add_budgeted(self, org: str) -> None:
+        """The org has budgets (one was just written)."""
         self._budgeted.add(org)
+        self._expect_epoch(org)
+
+    def _expect_epoch(self, org: str) -> None:
+        """From now on the org's cached entry (if any) expects the epoch in its config hash."""
+        cached = self._orgs.get(org)
+        if cached is not None and self.epoch:
+            cached.epoch = self.epoch
 
     def forget(self, org: str) -> None:
         """Drop the org's entry: the next call reads it from Redis again."""
@@ -219,6 +241,9 @@ class ConfigCache:
             )
             if fields == after + cached.header_fields:
                 cached.apply(version, changes)
+                # The config moved: budgets were written, and with them the epoch.
+                if self.epoch:
+                    cached.epoch = self.epoch
                 return cached
         return await self._load(org)
 

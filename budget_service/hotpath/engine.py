@@ -15,7 +15,7 @@ from typing import Any
 from budget_service.hotpath import keys
 from budget_service.hotpath.budgets import MODES_BY_NAME, BudgetConfig
 from budget_service.hotpath.config_cache import ConfigCache, OrgBudgets
-from budget_service.hotpath.errors import BudgetExceeded, DataLost, Refusal
+from budget_service.hotpath.errors import BudgetExceeded, CounterOverflow, DataLost, Refusal
 from budget_service.hotpath.periods import bounds_ms
 from budget_service.hotpath.store import Scripts, redis_call
 from servicekit.clock import Clock
@@ -205,6 +205,7 @@ class Engine:
                     keys.reservation(org, reservation_id),
                     keys.expiries(org),
                     keys.ledger(org),
+                    keys.config_changes(org),
                     *(keys.budget(org, b.uid) for b in covering),
                 ],
                 args,
@@ -215,6 +216,8 @@ class Engine:
                 continue
             if status == "LOST":
                 raise self._lost(org)
+            if status == "OVERFLOW":
+                raise CounterOverflow(org, reply[1], reply[2])
             if status == "BACKLOG":
                 raise Unavailable(
                     f"org {org!r}'s ledger outbox holds {reply[1]} events not yet written to"
@@ -290,6 +293,8 @@ class Engine:
                 config = await self.cache.refresh(org)
             elif reply[0] == "LOST":
                 raise self._lost(org)
+            elif reply[0] == "OVERFLOW":
+                raise CounterOverflow(org, reply[1], reply[2])
             elif reply[0] == "NOTFOUND":
                 raise _not_found(reservation_id)
             else:
@@ -389,6 +394,8 @@ class Engine:
                 continue
             if reply[0] == "LOST":
                 raise self._lost(org)
+            if reply[0] == "OVERFLOW":
+                raise CounterOverflow(org, reply[1], reply[2])
             if reply[0] != "NOTDUE":
                 self._memo.pop((org, reservation_id), None)
             return reply

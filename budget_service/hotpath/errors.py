@@ -1,11 +1,14 @@
 """The budget service's own errors, on top of servicekit's tree (servicekit/errors.py).
 
 ServiceError (servicekit.errors)
-├── BudgetExceeded(refusals)          RESOURCE_EXHAUSTED + QuotaFailure + ErrorInfo
+├── BudgetExceeded(refusals)          RESOURCE_EXHAUSTED  + QuotaFailure + ErrorInfo
+├── FailedPrecondition (servicekit.errors)
+│   └── CounterOverflow(budget, counter)
+│                                     FAILED_PRECONDITION + ErrorInfo reason COUNTER_OVERFLOW
 └── Unavailable (servicekit.errors)
-    ├── DataLost(org)                 UNAVAILABLE        + ErrorInfo reason REDIS_DATA_LOST
-    │   └── ForeignDataSet(org)       UNAVAILABLE        + ErrorInfo reason REDIS_FOREIGN_DATA_SET
-    └── OrgRebuilding(org)            UNAVAILABLE        + ErrorInfo reason ORG_REBUILDING
+    ├── DataLost(org)                 UNAVAILABLE         + ErrorInfo reason REDIS_DATA_LOST
+    │   └── ForeignDataSet(org)       UNAVAILABLE         + ErrorInfo reason REDIS_FOREIGN_DATA_SET
+    └── OrgRebuilding(org)            UNAVAILABLE         + ErrorInfo reason ORG_REBUILDING
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2
 
-from servicekit.errors import ServiceError, Unavailable
+from servicekit.errors import FailedPrecondition, ServiceError, Unavailable
 
 DOMAIN = "budget.v1"
 
@@ -66,6 +69,35 @@ class BudgetExceeded(ServiceError):
             detail.Pack(message)
             packed.append(detail)
         return packed
+
+
+class CounterOverflow(FailedPrecondition):
+    """The call would carry a budget's int64 counter out of range; nothing was changed.
+
+    No amount a caller may send gets a sound counter there (amounts are capped far below 2^63):
+    the counter is wrong, and a rebuild from the PostgreSQL ledger sets it right.
+    """
+
+    def __init__(self, org: str, budget_id: str, counter: str) -> None:
+        super().__init__(
+            f"budget {budget_id!r} of org {org!r}: this call would carry its {counter!r} counter"
+            " beyond the int64 range, so nothing was changed; the counter cannot be right (no"
+            " request gets it there): rebuild the org from the PostgreSQL ledger with"
+            f" budgetctl reconcile --rebuild --org {org}"
+        )
+        self.org = org
+        self.budget_id = budget_id
+        self.counter = counter
+
+    def details(self) -> list[any_pb2.Any]:
+        info = error_details_pb2.ErrorInfo(
+            reason="COUNTER_OVERFLOW",
+            domain=DOMAIN,
+            metadata={"org": self.org, "budget_id": self.budget_id, "counter": self.counter},
+        )
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        return [detail]
 
 
 class DataLost(Unavailable):

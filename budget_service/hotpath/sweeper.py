@@ -11,7 +11,7 @@ import structlog
 
 from budget_service.hotpath import keys
 from budget_service.hotpath.engine import Engine
-from budget_service.hotpath.errors import DataLost
+from budget_service.hotpath.errors import CounterOverflow, DataLost
 from budget_service.hotpath.store import redis_call
 from servicekit.clock import Clock
 from servicekit.errors import ScriptError
@@ -42,6 +42,10 @@ class Sweeper:
                 try:
                     expired = await self.engine.expire(org, reservation_id)
                 except ScriptError:  # logged by the store; one bad record must not stall the rest
+                    continue
+                except CounterOverflow as exc:  # a corrupt counter: nothing changed, say which
+                    log.error("hold.expire_refused", org=org, reservation_id=reservation_id,
+                              budget_id=exc.budget_id, counter=exc.counter)  # fmt: skip
                     continue
                 except DataLost:  # the rebuild decides how its holds ended
                     break

@@ -23,21 +23,26 @@ local n = tonumber(ARGV[12])
 
 local OVERAGE_KEPT = 5  -- over-limit commits a budget remembers per period (newest first)
 
--- A charge that leaves spent above the limit: remember how much of it is above the limit and
--- which commit it was, for GetBudgetStatus and metrics. Entries are
--- '<reservation id>|<nanos above the limit>|<flags>' joined by ';' (neither can be in an id);
--- flags: L = late (its hold had expired), H = charged above its hold.
-local function note_overage(b, flags)
-  local above = big_sub(big(b.spent), big(b.limit))
-  if not big_gt(above, {0, 0}) then return end
+-- How much of this charge sits above the limit, given spent after it (decimal strings): a
+-- decimal string, or nil when none does.
+local function overage_part(spent_after, limit)
+  local above = big_sub(big(spent_after), big(limit))
+  if not big_gt(above, {0, 0}) then return nil end
   local part = tonumber(actual)
   -- above < actual < 2^53 here, so the pair is an exact number
   if big_gt(big(actual), above) then part = above[1] * 1e9 + above[2] end
-  if part <= 0 then return end
-  local part_s = string.format('%d', part)
-  redis.call('HINCRBY', b.key, 'ovr', part_s)
+  if part <= 0 then return nil end
+  return string.format('%d', part)
+end
+
+-- A charge that leaves spent above the limit: remember how much of it is above the limit
+-- (`part`) and which commit it was, for GetBudgetStatus and metrics. Entries are
+-- '<reservation id>|<nanos above the limit>|<flags>' joined by ';' (neither can be in an id);
+-- flags: L = late (its hold had expired), H = charged above its hold.
+local function note_overage(b, part, flags)
+  redis.call('HINCRBY', b.key, 'ovr', part)
   redis.call('HINCRBY', b.key, 'ovn', 1)
-  local entries = {reservation_id .. '|' .. part_s .. '|' .. flags}
+  local entries = {reservation_id .. '|' .. part .. '|' .. flags}
   for entry in string.gmatch(redis.call('HGET', b.key, 'ovc') or '', '[^;]+') do
     if #entries >= OVERAGE_KEPT then break end
     entries[#entries + 1] = entry
@@ -61,7 +66,7 @@ if state == 'released' then return reply({'RELEASED'}) end
 if r[3] ~= uids then return reply({'KEYS', r[3], reserved_pv}) end
 -- A usage commit is priced with the reservation's price version: a stale guess changes nothing.
 if price_version ~= '' and price_version ~= reserved_pv then return reply({'PV', reserved_pv}) end
-local check = config_check(cfg_key, cfg_version, epoch)
+local check = config_check(cfg_key, cfg_version, epoch, nil, uids)
 if check then return reply({check}) end
 
 local hold = r[2]
@@ -74,14 +79,34 @@ local commit_periods = {}
 local uid_list = split_commas(uids)
 local unheld = '0'
 if held then unheld = '-' .. hold end
-local effects = {}
+-- Decide: every counter this commit moves must stay an int64, or nothing is written.
+local budgets = {}
 for i = 1, n do
   local b = read_budget(KEYS[4 + i], ARGV[12 + i])
+  if b then
+    if not fits_int64(b.spent, actual) then return overflow_reply(b, 'spent') end
+    if held and not fits_int64(b.reserved, unheld) then return overflow_reply(b, 'reserved') end
+    if actual ~= '0' then
+      b.overage = overage_part(big_str(big_add(big(b.spent), big(actual))), b.limit)
+    end
+    if b.overage then
+      local ov = {'0', '0'}
+      if not b.reset then ov = redis.call('HMGET', b.key, 'ovr', 'ovn') end
+      if not fits_int64(ov[1] or '0', b.overage) then return overflow_reply(b, 'ovr') end
+      if not fits_int64(ov[2] or '0', '1') then return overflow_reply(b, 'ovn') end
+    end
+  end
+  budgets[i] = b or false
+end
+
+local effects = {}
+for i = 1, n do
+  local b = budgets[i]
   if b then
     write_reset(b)
     incr(b, 'spent', actual)
     if held then unhold_budget(b, hold) end
-    if actual ~= '0' then note_overage(b, flags) end
+    if b.overage then note_overage(b, b.overage, flags) end
     balances[#balances + 1] = balance(b, false)
     commit_periods[i] = b.pstart
     effects[#effects + 1] = uid_list[i] .. ':' .. b.pstart .. ':' .. actual .. ':' .. unheld

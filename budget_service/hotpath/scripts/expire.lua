@@ -25,6 +25,8 @@ if tonumber(r[4]) > now_ms then return reply({'NOTDUE'}) end
 if r[3] ~= uids then return reply({'KEYS', r[3]}) end
 
 local hold = r[2]
+local over = unhold_overflow(5, n, hold)
+if over then return over end
 local effects = unhold_all(5, n, uids, hold)
 redis.call('HSET', res_key, 'state', 'expired', 'expired_at', ARGV[2])
 redis.call('PEXPIRE', res_key, retention_ms)

@@ -68,6 +68,23 @@ local function big_gt(a, b)
   return a[2] > b[2]
 end
 
+-- The int64 range of a Redis counter, as pairs. HINCRBY past it fails with an error, and an
+-- error does not undo the writes the script already made: every script checks each increment
+-- it is about to make with `fits_int64` while deciding, before its first write.
+local INT64_MAX = big('9223372036854775807')
+local INT64_MIN = big('-9223372036854775808')
+
+-- Whether `value` + `delta` (decimal strings) is an int64.
+local function fits_int64(value, delta)
+  local sum = big_add(big(value), big(delta))
+  return not big_gt(sum, INT64_MAX) and not big_gt(INT64_MIN, sum)
+end
+
+-- The reply of a call that would carry `counter` of budget `b` outside int64 (nothing changed).
+local function overflow_reply(b, counter)
+  return cjson.encode({'OVERFLOW', b.id, counter})
+end
+
 -- The fields of a budget state hash every script reads, in this order.
 local BUDGET_FIELDS = {'id', 'limit', 'od', 'mode', 'spent', 'reserved', 'pstart'}
 
@@ -142,9 +159,19 @@ end
 
 -- 'LOST' (see lost_epoch), 'STALE' when the config changed since the service read it (its
 -- period starts and budget list may be out of date), or nil.
-local function config_check(cfg_key, cfg_version, epoch)
+-- A service that knows no budget of the org expects no epoch, yet the org may have gained its
+-- first budget through another replica since, and then lost its config hash: version '0' and no
+-- epoch would look exactly like the budgetless org it cached. So a config without an epoch is
+-- LOST too when the call itself shows the org has budgets: `held_uids` (a reservation holding
+-- budgets) is not empty, or `log_key` (the config change log, which only budget writes create,
+-- and which goes with the hash when an idle org is pruned) exists.
+local function config_check(cfg_key, cfg_version, epoch, log_key, held_uids)
   local v = redis.call('HMGET', cfg_key, '_v', '_e', '_x')
   if v[3] or (epoch ~= '' and v[2] ~= epoch) then return 'LOST' end
+  if not v[2] and ((held_uids and held_uids ~= '')
+      or (log_key and redis.call('EXISTS', log_key) == 1)) then
+    return 'LOST'
+  end
   if (v[1] or '0') ~= cfg_version then return 'STALE' end
   return nil
 end
@@ -185,6 +212,18 @@ end
 
 local function reply(t)
   return cjson.encode(t)
+end
+
+-- The overflow reply (see fits_int64) when giving `hold` back on one of a reservation's budgets
+-- (KEYS[first .. first + n - 1]) would carry its `reserved` below the int64 range, else nil.
+local function unhold_overflow(first, n, hold)
+  for i = 1, n do
+    local v = redis.call('HMGET', KEYS[first + i - 1], 'id', 'reserved')
+    if v[1] and not fits_int64(v[2] or '0', '-' .. hold) then
+      return overflow_reply({id = v[1]}, 'reserved')
+    end
+  end
+  return nil
 end
 
 -- Give a hold back on each of a reservation's budgets that still exists (their state hashes

@@ -35,7 +35,7 @@ if r[6] then
 end
 if state ~= 'committed' then return reply({'NOTCOMMITTED', state}) end
 if r[2] ~= uids then return reply({'KEYS', r[2]}) end
-local check = config_check(cfg_key, cfg_version, epoch)
+local check = config_check(cfg_key, cfg_version, epoch, nil, uids)
 if check then return reply({check}) end
 if tonumber(r[10] or '0') >= max_refunds then return reply({'TOOMANY', max_refunds}) end
 
@@ -46,13 +46,21 @@ local give_s = string.format('%d', give)
 if give > 0 then
   local periods = split_commas(r[5])
   local uid_list = split_commas(uids)
-  local effects = {}
+  -- Decide: every credited counter must stay an int64, or nothing is written (the refund id
+  -- stays unused).
+  local credited = {}
   for i = 1, n do
     local b = read_budget(KEYS[3 + i], ARGV[9 + i])
     if b and not b.reset and periods[i] == b.pstart then
-      redis.call('HINCRBY', b.key, 'spent', '-' .. give_s)
-      effects[#effects + 1] = uid_list[i] .. ':' .. b.pstart .. ':-' .. give_s .. ':0'
+      if not fits_int64(b.spent, '-' .. give_s) then return overflow_reply(b, 'spent') end
+      credited[#credited + 1] = {b, uid_list[i]}
     end
+  end
+  local effects = {}
+  for _, c in ipairs(credited) do
+    local b = c[1]
+    redis.call('HINCRBY', b.key, 'spent', '-' .. give_s)
+    effects[#effects + 1] = c[2] .. ':' .. b.pstart .. ':-' .. give_s .. ':0'
   end
   redis.call('HINCRBY', res_key, 'refunded', give_s)
   outbox(ledger_key, {'t', 'refund', 'rid', reservation_id, 'c', r[7] or '0', 'ts', now_ms,

@@ -22,6 +22,8 @@ if state == 'expired' then return reply({'OK', '0'}) end
 if r[3] ~= uids then return reply({'KEYS', r[3]}) end
 
 local hold = r[2]
+local over = unhold_overflow(5, n, hold)
+if over then return over end
 local effects = unhold_all(5, n, uids, hold)
 redis.call('HSET', res_key, 'state', 'released', 'released', hold)
 redis.call('PEXPIRE', res_key, retention_ms)

@@ -3,7 +3,8 @@ local cfg_key = KEYS[1]
 local res_key = KEYS[2]
 local exp_key = KEYS[3]
 local ledger_key = KEYS[4]
--- KEYS[5..] budget state hashes, in the order of the (uid, pstart) pairs in ARGV
+local log_key = KEYS[5]  -- the org's config change log (lib.lua config_check)
+-- KEYS[6..] budget state hashes, in the order of the (uid, pstart) pairs in ARGV
 
 local cfg_version = ARGV[1]
 local reservation_id = ARGV[2]
@@ -26,7 +27,7 @@ if existing[1] then
   if existing[1] ~= fingerprint then return reply({'MISMATCH'}) end
   return '["DUP",' .. existing[2] .. ']'
 end
-local check = config_check(cfg_key, cfg_version, epoch)
+local check = config_check(cfg_key, cfg_version, epoch, log_key)
 if check then return reply({check}) end
 local backlog = redis.call('XLEN', ledger_key)
 if backlog >= outbox_limit then return reply({'BACKLOG', backlog}) end
@@ -38,8 +39,9 @@ local refused = {}
 local balances = {}
 for i = 1, n do
   local uid = ARGV[12 + 2 * i]
-  local b = read_budget(KEYS[4 + i], ARGV[13 + 2 * i])
+  local b = read_budget(KEYS[5 + i], ARGV[13 + 2 * i])
   if not b then return reply({'STALE'}) end
+  if not fits_int64(b.reserved, amount) then return overflow_reply(b, 'reserved') end
   local used = big_add(big(b.spent), big(b.reserved))
   local need = big_add(used, want)
   local over = big_gt(need, big(b.limit))
