@@ -10,6 +10,7 @@ import os
 # grpc is imported.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
+import contextlib
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -37,10 +38,9 @@ class Stack:
     postgres: PostgresProcess
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One Redis (AOF on) and one PostgreSQL for the whole run, in a temporary folder."""
-    root = tmp_path_factory.mktemp("stack")
+@contextlib.contextmanager
+def own_stack(root: Path) -> Iterator[Stack]:
+    """A Redis (AOF on) and a PostgreSQL of their own under `root`, stopped on exit."""
     redis = RedisProcess(root / "redis", free_port())
     postgres = PostgresProcess(root / "postgres", free_port(), fsync=False)
     redis.start()
@@ -54,6 +54,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         postgres.stop()
         redis.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One Redis and one PostgreSQL for the whole run, in a temporary folder."""
+    with own_stack(tmp_path_factory.mktemp("stack")) as started:
+        yield started
 
 
 @pytest.fixture(scope="session")

@@ -25,29 +25,17 @@ from budget_service.hotpath import keys
 from budget_service.hotpath.sweeper import Sweeper
 from budget_service.ledger import reconcile
 from budget_service.ledger.progress import last_event_id, wait_written
-from devstack import PostgresProcess, RedisProcess, free_port
+from devstack import free_port
 from genproto.budget.v1 import budget_pb2 as pb
 from genproto.budget.v1 import budget_pb2_grpc
-from tests.conftest import Stack, service_settings
+from tests.conftest import Stack, own_stack, service_settings
 from tests.helpers import error_info, reserve, rid, status, upsert, usd
 
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root = tmp_path_factory.mktemp("data-loss")
-    redis = RedisProcess(root / "redis", free_port())
-    postgres = PostgresProcess(root / "pg", free_port(), fsync=False)
-    redis.start()
-    try:
-        postgres.start()
-    except BaseException:
-        redis.stop()
-        raise
-    try:
-        yield Stack(redis, postgres)
-    finally:
-        postgres.stop()
-        redis.stop()
+    with own_stack(tmp_path_factory.mktemp("data-loss")) as started:
+        yield started
 
 
 class Service:

@@ -19,10 +19,10 @@ import pytest
 
 from budget_service import server
 from budget_service.hotpath import keys
-from devstack import PostgresProcess, RedisProcess, free_port
+from devstack import free_port
 from genproto.budget.v1 import budget_pb2 as pb
 from genproto.budget.v1 import budget_pb2_grpc
-from tests.conftest import Stack, service_settings
+from tests.conftest import Stack, own_stack, service_settings
 from tests.helpers import error_info, reserve, upsert, usd
 
 ATTEMPTS = 200  # reserves tried while an automatic rebuild runs (bounded)
@@ -30,20 +30,8 @@ ATTEMPTS = 200  # reserves tried while an automatic rebuild runs (bounded)
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root = tmp_path_factory.mktemp("lost-config")
-    redis = RedisProcess(root / "redis", free_port())
-    postgres = PostgresProcess(root / "pg", free_port(), fsync=False)
-    redis.start()
-    try:
-        postgres.start()
-    except BaseException:
-        redis.stop()
-        raise
-    try:
-        yield Stack(redis, postgres)
-    finally:
-        postgres.stop()
-        redis.stop()
+    with own_stack(tmp_path_factory.mktemp("lost-config")) as started:
+        yield started
 
 
 class Replica:

@@ -20,9 +20,8 @@ from budget_service.config.sync import ConfigSync
 from budget_service.hotpath import keys
 from budget_service.hotpath.errors import ForeignDataSet
 from budget_service.ledger.progress import last_event_id, wait_written
-from devstack import PostgresProcess, RedisProcess, free_port
 from genproto.budget.v1 import budget_pb2 as pb
-from tests.conftest import Stack
+from tests.conftest import Stack, own_stack
 from tests.helpers import error_info, reserve, status, upsert, usd
 from tests.test_data_loss import Service, _start, commit, refused_code
 
@@ -31,20 +30,8 @@ POLL_DEADLINE_SECONDS = 60.0  # how long a test waits for the service to answer 
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root = tmp_path_factory.mktemp("rebuild-orchestration")
-    redis = RedisProcess(root / "redis", free_port())
-    postgres = PostgresProcess(root / "pg", free_port(), fsync=False)
-    redis.start()
-    try:
-        postgres.start()
-    except BaseException:
-        redis.stop()
-        raise
-    try:
-        yield Stack(redis, postgres)
-    finally:
-        postgres.stop()
-        redis.stop()
+    with own_stack(tmp_path_factory.mktemp("rebuild-orchestration")) as started:
+        yield started
 
 
 @pytest.fixture
